@@ -1,0 +1,85 @@
+"""Time-to-accuracy benchmark: run `vitlab train` with a preset and record the result.
+
+Measures wall-clock time of the whole command (start-up and data loading included) and
+writes `benchmarks/results/<preset>-<machine>.json` plus a line in `benchmarks/results/README.md`'s
+table format to stdout. Example:
+
+    python benchmarks/train_to_accuracy.py --preset mnist --target 0.985 --budget-s 300
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def machine() -> dict:
+    import torch
+
+    cpu = "unknown"
+    if Path("/proc/cpuinfo").exists():
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="mnist")
+    parser.add_argument("--target", type=float, required=True, help="accuracy goal, e.g. 0.985")
+    parser.add_argument("--budget-s", type=float, default=None, help="time goal in seconds")
+    parser.add_argument("--tag", default=None, help="name of the results file (default: preset)")
+    parser.add_argument("extra", nargs="*", help="more `vitlab train` flags")
+    args = parser.parse_args()
+
+    run_dir = Path(tempfile.mkdtemp(prefix=f"vitlab-bench-{args.preset}-")) / "run"
+    command = ["vitlab", "train", "--preset", args.preset, "--run_dir", str(run_dir), *args.extra]
+    print("$", shlex.join(command), flush=True)
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "vitlab.cli", *command[1:]], check=True)
+    wall = time.perf_counter() - start
+    history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    final = history[-1]
+    reached = next((h for h in history if h["val_acc"] >= args.target), None)
+    result = {
+        "preset": args.preset,
+        "command": shlex.join(command),
+        "final_test_acc": final["val_acc"],
+        "best_test_acc": max(h["val_acc"] for h in history),
+        "epochs": final["epoch"],
+        "wall_s": round(wall, 1),
+        "train_loop_s": round(final["elapsed_s"], 1),
+        "target_acc": args.target,
+        "budget_s": args.budget_s,
+        "target_first_reached": None if reached is None else {"epoch": reached["epoch"],
+                                                               "elapsed_s": round(reached["elapsed_s"], 1)},
+        "met": final["val_acc"] >= args.target and (args.budget_s is None or wall <= args.budget_s),
+        "history": history,
+        "machine": machine(),
+        "date": time.strftime("%Y-%m-%d"),
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / f"{args.tag or args.preset}.json"
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"| {args.preset} | {final['val_acc'] * 100:.2f}% | {wall:.0f} s | {final['epoch']} | "
+          f"{'met' if result['met'] else 'NOT met'} (goal {args.target * 100:.1f}%"
+          f"{f' in {args.budget_s:.0f} s' if args.budget_s else ''}) | `{shlex.join(command)}` |")
+    print(f"written to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

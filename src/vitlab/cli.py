@@ -1,0 +1,196 @@
+"""The ``vitlab`` command line: train, eval, predict, info, presets.
+
+Configuration comes in layers, later ones winning: the preset (``--preset``), YAML files
+(``--config FILE``), then single flags (``--train.epochs 3``, ``--model.depth 4``). Parsing
+is jsonargparse's, driven by the dataclasses in :mod:`vitlab.config` and :mod:`vitlab.model`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import yaml
+from jsonargparse import ActionConfigFile, ArgumentParser
+
+from vitlab.config import DataConfig, RunConfig, TrainConfig
+from vitlab.model import ViTConfig
+from vitlab.presets import MODEL_ALIASES, MODEL_PRESETS, RUN_PRESETS, run_config
+
+DEFAULT_PRESET = "mnist"
+
+
+def _flatten(prefix: str, d: dict) -> dict:
+    return {f"{prefix}.{k}": v for k, v in d.items()}
+
+
+def _peek_preset(argv: list[str]) -> str:
+    """The preset named on the command line or in a --config file (it decides the defaults)."""
+    peek = argparse.ArgumentParser(add_help=False)
+    peek.add_argument("--preset")
+    peek.add_argument("--config", action="append", default=[])
+    known, _ = peek.parse_known_args(argv)
+    preset = known.preset
+    for path in known.config:
+        if preset is None and Path(path).is_file():
+            preset = (yaml.safe_load(Path(path).read_text()) or {}).get("preset")
+    return preset or DEFAULT_PRESET
+
+
+def train_parser(preset: str = DEFAULT_PRESET) -> ArgumentParser:
+    parser = ArgumentParser(
+        prog="vitlab train",
+        description="Train a ViT from scratch. Defaults come from the preset; YAML files and flags override them.",
+        default_env=False,
+    )
+    parser.add_argument("--config", action=ActionConfigFile, help="YAML file(s) with model/data/train sections")
+    parser.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(RUN_PRESETS),
+                        help="training recipe giving the defaults (see `vitlab presets`)")
+    parser.add_argument("--run_dir", "--run-dir", default=None,
+                        help="where the run is written (default runs/PRESET-TIMESTAMP); never overwritten")
+    parser.add_argument("--resume", default=None, help="continue the run in this directory after a kill")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars or epoch lines")
+    parser.add_class_arguments(ViTConfig, "model")
+    parser.add_class_arguments(DataConfig, "data")
+    parser.add_class_arguments(TrainConfig, "train")
+    base = run_config(preset)
+    defaults = {"preset": preset, **_flatten("model", base.model.to_dict()), **_flatten("data", asdict(base.data)),
+                **_flatten("train", asdict(base.train))}
+    parser.set_defaults(defaults)
+    return parser
+
+
+def cmd_train(argv: list[str]) -> int:
+    from vitlab.training import train
+
+    parser = train_parser(_peek_preset(argv))
+    args = parser.parse_args(argv)
+    if args.resume:
+        result = train(RunConfig(), args.resume, resume=True, progress=not args.quiet)
+    else:
+        cfg = RunConfig(
+            model=ViTConfig(**vars(args.model)), data=DataConfig(**vars(args.data)),
+            train=TrainConfig(**{**vars(args.train), "betas": tuple(args.train.betas)}),
+        )
+        run_dir = args.run_dir or f"runs/{args.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
+        result = train(cfg, run_dir, progress=not args.quiet)
+    final = result.final
+    if final:
+        print(f"done: {result.run_dir} | val acc {final['val_acc']:.4f} (best {result.best_val_acc:.4f}) after "
+              f"{final['epoch']} epochs, {final['elapsed_s']:.0f}s")
+    return 0
+
+
+def cmd_eval(argv: list[str]) -> int:
+    from vitlab.evaluate import evaluate_checkpoint, write_eval_report
+
+    parser = ArgumentParser(prog="vitlab eval", description="Accuracy, per-class accuracy and confusion matrix.")
+    parser.add_argument("checkpoint", help="a .safetensors checkpoint or a run directory (takes best)")
+    parser.add_argument("--split", default="val", choices=["val", "train"],
+                        help="val: the split validated during training (the test set unless val_fraction was set)")
+    parser.add_argument("--data_dir", "--data-dir", default=None, help="override the data root")
+    parser.add_argument("--data_path", "--data-path", default=None, help="override the image folder path")
+    parser.add_argument("--batch_size", type=int, default=512)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--out", default=None, help="write metrics.json, per_class.csv and confusion.csv here")
+    args = parser.parse_args(argv)
+    report = evaluate_checkpoint(args.checkpoint, split=args.split, data_dir=args.data_dir, data_path=args.data_path,
+                                 batch_size=args.batch_size, device=args.device)
+    print(report.as_text())
+    if args.out:
+        write_eval_report(report, Path(args.out))
+        print(f"written to {args.out}")
+    return 0
+
+
+def cmd_predict(argv: list[str]) -> int:
+    from vitlab.predict import predict_files
+
+    parser = ArgumentParser(prog="vitlab predict", description="Top-k classes for image files.")
+    parser.add_argument("checkpoint", help="a .safetensors checkpoint or a run directory (takes best)")
+    parser.add_argument("images", nargs="+", help="image files")
+    parser.add_argument("--topk", type=int, default=5)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+    args = parser.parse_args(argv)
+    results = predict_files(args.checkpoint, args.images, topk=args.topk, device=args.device)
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return 0
+    for item in results:
+        print(item["image"])
+        for rank, (name, prob) in enumerate(zip(item["classes"], item["probs"]), 1):
+            print(f"  {rank}. {name:<30} {prob:.4f}")
+    return 0
+
+
+def cmd_info(argv: list[str]) -> int:
+    from vitlab.info import describe
+
+    parser = ArgumentParser(prog="vitlab info", description="Architecture, parameters and FLOPs of a preset.")
+    parser.add_argument("preset", help="a model preset, a run preset, or a checkpoint file")
+    parser.add_argument("--num_classes", "--num-classes", type=int, default=None, help="head size (default: the preset's)")
+    args = parser.parse_args(argv)
+    print(describe(args.preset, num_classes=args.num_classes))
+    return 0
+
+
+def cmd_presets(argv: list[str]) -> int:
+    print("run presets (vitlab train --preset NAME):")
+    for name, cfg in RUN_PRESETS.items():
+        m, t = cfg.model, cfg.train
+        print(f"  {name:<16} {cfg.data.dataset}, {m.img_size[0]}x{m.img_size[1]} patch {m.patch_size[0]}, dim "
+              f"{m.embed_dim}, depth {m.depth}, {t.epochs} epochs, {t.optimizer} lr {t.lr}")
+    print("model presets (vitlab info NAME):")
+    for name in MODEL_PRESETS:
+        aliases = [a for a, target in MODEL_ALIASES.items() if target == name]
+        print(f"  {name}" + (f"  (also: {', '.join(aliases)})" if aliases else ""))
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "info": cmd_info, "presets": cmd_presets}
+
+USAGE = """usage: vitlab COMMAND [options]
+
+commands:
+  train     train a ViT from scratch (default: the MNIST preset); --resume RUN_DIR continues a run
+  eval      accuracy, per-class accuracy and confusion matrix of a checkpoint
+  predict   top-k classes for image files
+  info      architecture, parameter count and FLOPs of a preset
+  presets   list the training recipes and model presets
+
+`vitlab COMMAND --help` describes each command's options."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0
+    if argv[0] in ("-V", "--version"):
+        from vitlab import __version__
+
+        print(f"vitlab {__version__}")
+        return 0
+    command = COMMANDS.get(argv[0])
+    if command is None:
+        print(f"vitlab: unknown command {argv[0]!r}\n\n{USAGE}", file=sys.stderr)
+        return 2
+    try:
+        return command(argv[1:])
+    except KeyboardInterrupt:
+        print("\ninterrupted: finished epochs are saved; continue with `vitlab train --resume RUN_DIR`",
+              file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError, FileExistsError, KeyError) as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"vitlab {argv[0]}: error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

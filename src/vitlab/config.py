@@ -1,0 +1,110 @@
+"""Configuration of a training run: data, optimisation, and where the run is written.
+
+Plain dataclasses, so the CLI (jsonargparse) can fill them from presets, YAML files and
+command-line flags, and the run directory can store them as YAML.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal, Optional
+
+from vitlab.model import ViTConfig
+
+DATA_DIR_ENV = "VITLAB_DATA_DIR"
+CACHE_DIR_ENV = "VITLAB_CACHE_DIR"
+
+
+def default_data_dir() -> str:
+    """``$VITLAB_DATA_DIR``, else ``~/.cache/vitlab/data`` (where downloads go)."""
+    return os.environ.get(DATA_DIR_ENV) or str(Path.home() / ".cache" / "vitlab" / "data")
+
+
+def default_cache_dir() -> str:
+    """``$VITLAB_CACHE_DIR``, else ``~/.cache/vitlab/cache`` (decoded tensors, extracted archives)."""
+    return os.environ.get(CACHE_DIR_ENV) or str(Path.home() / ".cache" / "vitlab" / "cache")
+
+
+@dataclass
+class DataConfig:
+    """Which images to train on and how to feed them."""
+
+    dataset: str = "mnist"
+    """mnist, fashion_mnist, cifar10, cifar100, or imagefolder (with ``path``)."""
+    path: Optional[str] = None
+    """For imagefolder: a folder with train/ and val/ sub-folders, or one folder of class folders."""
+    data_dir: Optional[str] = None
+    """Root holding the data sets (torchvision layout); default $VITLAB_DATA_DIR or ~/.cache/vitlab/data."""
+    cache_dir: Optional[str] = None
+    """Where decoded tensors and extracted files go; default $VITLAB_CACHE_DIR or ~/.cache/vitlab/cache."""
+    download: bool = True
+    """Download a missing data set (torchvision's official sources)."""
+    augment: Literal["none", "digits", "flip", "crop_flip", "randaugment"] = "none"
+    """Batched augmentation: digits (small random affine), flip, crop_flip (CIFAR), randaugment."""
+    val_fraction: float = 0.0
+    """Hold out this fraction of the training set for validation (0: validate on the test split)."""
+    train_subset: Optional[int] = None
+    """Use only the first N (shuffled, seeded) training images: quick experiments and tests."""
+    val_subset: Optional[int] = None
+    num_workers: int = 2
+    """Processes that decode image files (once, into the cache, or every epoch when streaming)."""
+    max_cache_gib: float = 8.0
+    """Image folders larger than this (decoded) stream from disk instead of the in-memory cache."""
+    """Loader processes for data that does not fit the in-memory tensor cache."""
+
+    def resolved_data_dir(self) -> Path:
+        return Path(self.data_dir or default_data_dir()).expanduser()
+
+    def resolved_cache_dir(self) -> Path:
+        return Path(self.cache_dir or default_cache_dir()).expanduser()
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation: AdamW with decoupled weight decay, warm-up + cosine, label smoothing, clipping."""
+
+    epochs: int = 10
+    batch_size: int = 128
+    optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
+    lr: float = 1e-3
+    min_lr: float = 1e-6
+    weight_decay: float = 0.05
+    """Decoupled weight decay; never applied to norms, biases, position embedding or CLS token."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    schedule: Literal["cosine", "constant"] = "cosine"
+    warmup_epochs: float = 1.0
+    label_smoothing: float = 0.0
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this value (0: off)."""
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    """auto: bf16 autocast on CUDA, fp32 on CPU."""
+    device: str = "auto"
+    seed: int = 0
+    eval_batch_size: int = 512
+    threads: Optional[int] = None
+    """CPU threads for PyTorch (default: PyTorch's own choice)."""
+
+
+@dataclass
+class RunConfig:
+    """A whole training run: the model, the data and the schedule."""
+
+    model: ViTConfig = field(default_factory=lambda: ViTConfig(img_size=28, patch_size=4, in_chans=1, num_classes=10))
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        return {"model": self.model.to_dict(), "data": asdict(self.data), "train": _plain(asdict(self.train))}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> RunConfig:
+        train = dict(d.get("train", {}))
+        if "betas" in train:
+            train["betas"] = tuple(train["betas"])
+        return cls(model=ViTConfig(**d["model"]), data=DataConfig(**d.get("data", {})), train=TrainConfig(**train))
+
+
+def _plain(d: dict) -> dict:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}

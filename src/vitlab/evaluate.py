@@ -1,0 +1,81 @@
+"""Evaluate a checkpoint: accuracy, per-class accuracy and the confusion matrix."""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from vitlab.config import RunConfig
+from vitlab.data import Preprocess, load_data
+from vitlab.training.checkpoint import load_checkpoint
+from vitlab.training.trainer import evaluate, resolve_device
+
+
+@dataclass
+class EvalReport:
+    checkpoint: str
+    split: str
+    classes: list[str]
+    loss: float
+    acc: float
+    confusion: torch.Tensor  # (true, predicted)
+
+    @property
+    def per_class_acc(self) -> list[float]:
+        totals = self.confusion.sum(1).clamp(min=1)
+        return (self.confusion.diag() / totals).tolist()
+
+    def as_text(self) -> str:
+        n = int(self.confusion.sum())
+        lines = [f"{self.checkpoint} on {self.split} ({n} images): accuracy {self.acc:.4f}, loss {self.loss:.4f}",
+                 "", f"{'class':<24}{'images':>8}{'accuracy':>10}"]
+        for name, total, acc in zip(self.classes, self.confusion.sum(1).tolist(), self.per_class_acc):
+            lines.append(f"{name[:23]:<24}{total:>8}{acc:>10.4f}")
+        if len(self.classes) <= 20:
+            width = max(5, len(str(int(self.confusion.max()))) + 1)
+            lines += ["", "confusion matrix (rows: true class, columns: predicted class, in class order):"]
+            lines += ["".join(f"{v:>{width}}" for v in row) for row in self.confusion.tolist()]
+        return "\n".join(lines)
+
+
+def evaluate_checkpoint(checkpoint: str | Path, split: str = "val", data_dir: str | None = None,
+                        data_path: str | None = None, batch_size: int = 512, device: str = "auto") -> EvalReport:
+    """Evaluate on the data set the checkpoint was trained on (its run config names it)."""
+    dev = resolve_device(device)
+    model, info = load_checkpoint(checkpoint, device=dev)
+    if "run_config" not in info:
+        raise ValueError(f"{checkpoint} does not say which data it was trained on (no run_config in its metadata)")
+    cfg = RunConfig.from_dict(info["run_config"])
+    cfg.data.train_subset = cfg.data.val_subset = None  # always the whole split
+    if data_dir:
+        cfg.data.data_dir = data_dir
+    if data_path:
+        cfg.data.path = data_path
+    data = load_data(cfg.data, image_size=model.cfg.img_size, seed=cfg.train.seed)
+    prep = info["preprocessing"]
+    preprocess = Preprocess(prep["mean"], prep["std"], model.cfg.in_chans, model.cfg.img_size)
+    result = evaluate(model, getattr(data, split), preprocess, batch_size, dev, num_classes=len(info["classes"]),
+                      progress=True)
+    return EvalReport(str(checkpoint), split, list(info["classes"]), result["loss"], result["acc"], result["confusion"])
+
+
+def write_eval_report(report: EvalReport, out: Path) -> None:
+    """metrics.json, per_class.csv and confusion.csv (with class names) in ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(
+        {"checkpoint": report.checkpoint, "split": report.split, "accuracy": report.acc, "loss": report.loss,
+         "images": int(report.confusion.sum())}, indent=2) + "\n")
+    with open(out / "per_class.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["class", "images", "accuracy"])
+        for name, total, acc in zip(report.classes, report.confusion.sum(1).tolist(), report.per_class_acc):
+            writer.writerow([name, total, f"{acc:.6f}"])
+    with open(out / "confusion.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["true \\ predicted", *report.classes])
+        for name, row in zip(report.classes, report.confusion.tolist()):
+            writer.writerow([name, *row])

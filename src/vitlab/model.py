@@ -1,0 +1,436 @@
+"""The Vision Transformer, from scratch, in one file.
+
+Dosovitskiy et al. 2021, "An Image is Worth 16x16 Words: Transformers for Image
+Recognition at Scale" (https://arxiv.org/abs/2010.11929). Read top to bottom:
+
+    image (B, C, H, W)
+      -> PatchEmbed        split into P x P patches, project each to D dims  (B, N, D)
+      -> prepend CLS token                                                     (B, 1+N, D)
+      -> + position embedding (learned, 2-D sin-cos, or none)
+      -> Block x depth     pre-norm: x + Attention(LN(x)); x + MLP(LN(x))
+      -> LayerNorm
+      -> pool (CLS token or global average) -> Linear head                   (B, classes)
+
+Parameter and method names follow timm's ``VisionTransformer`` (``patch_embed.proj``,
+``cls_token``, ``pos_embed``, ``blocks.N.attn.qkv``, ``forward_features``,
+``forward_head``, ``reset_classifier``, ``no_weight_decay``) so that real pretrained
+checkpoints map onto this model without renaming.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "ViTConfig",
+    "ViT",
+    "PatchEmbed",
+    "Attention",
+    "MLP",
+    "Block",
+    "DropPath",
+    "sincos_pos_embed_2d",
+]
+
+
+def _pair(value: int | tuple[int, int] | list[int]) -> tuple[int, int]:
+    if isinstance(value, int):
+        return (value, value)
+    if len(value) != 2:
+        raise ValueError(f"expected an int or a pair (height, width), got {value!r}")
+    return (int(value[0]), int(value[1]))
+
+
+_CHOICES = {
+    "patch_embed": ("conv", "manual"),
+    "pos_embed": ("learned", "sincos", "none"),
+    "pool": ("cls", "gap"),
+    "attn_impl": ("sdpa", "explicit"),
+}
+
+
+@dataclass
+class ViTConfig:
+    """Everything that defines a ViT's architecture.
+
+    ``img_size`` and ``patch_size`` take an int (square) or ``(height, width)``.
+    ``mlp_ratio`` sets the hidden width of each MLP as a multiple of ``embed_dim``.
+    """
+
+    img_size: int | tuple[int, int] = 224
+    patch_size: int | tuple[int, int] = 16
+    in_chans: int = 3
+    num_classes: int = 1000
+    embed_dim: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    mlp_ratio: float = 4.0
+    qkv_bias: bool = True
+    patch_embed: Literal["conv", "manual"] = "conv"
+    """How patches are embedded: a strided convolution, or unfold + linear (same weights)."""
+    pos_embed: Literal["learned", "sincos", "none"] = "learned"
+    class_token: bool = True
+    pool: Literal["cls", "gap"] = "cls"
+    """Read out the CLS token ("cls") or average the patch tokens ("gap")."""
+    drop_rate: float = 0.0
+    """Dropout after the position embedding, in the MLPs, after attention, before the head."""
+    attn_drop_rate: float = 0.0
+    drop_path_rate: float = 0.0
+    """Stochastic depth: the largest drop probability, reached by the last block."""
+    norm_eps: float = 1e-6
+    attn_impl: Literal["sdpa", "explicit"] = "sdpa"
+    """`sdpa`: fused F.scaled_dot_product_attention; `explicit`: softmax(QK^T/sqrt(d))V."""
+
+    def __post_init__(self) -> None:
+        self.img_size = _pair(self.img_size)
+        self.patch_size = _pair(self.patch_size)
+        (h, w), (ph, pw) = self.img_size, self.patch_size
+        if min(h, w, ph, pw) <= 0:
+            raise ValueError(f"img_size {self.img_size} and patch_size {self.patch_size} must be positive")
+        if h % ph or w % pw:
+            fits_h = [p for p in range(1, h + 1) if h % p == 0]
+            fits_w = [p for p in range(1, w + 1) if w % p == 0]
+            raise ValueError(
+                f"patch_size {self.patch_size} does not divide img_size {self.img_size}: "
+                f"{h}x{w} pixels do not split into whole {ph}x{pw} patches. Choose a patch height "
+                f"from {fits_h} and a patch width from {fits_w}, or resize the images."
+            )
+        if self.embed_dim % self.num_heads:
+            raise ValueError(
+                f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}: "
+                "each head gets embed_dim / num_heads dimensions, so pick a divisor."
+            )
+        if self.pool == "cls" and not self.class_token:
+            raise ValueError("pool='cls' needs class_token=True; use pool='gap' for a model without a CLS token")
+        for name, allowed in _CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name}={getattr(self, name)!r} is not one of {allowed}")
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        """Patches along height and width."""
+        return (self.img_size[0] // self.patch_size[0], self.img_size[1] // self.patch_size[1])
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid_size[0] * self.grid_size[1]
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["img_size"], d["patch_size"] = list(self.img_size), list(self.patch_size)
+        return d
+
+
+# ----------------------------------------------------------------------------- embeddings
+
+
+class PatchEmbed(nn.Module):
+    """Cut the image into non-overlapping patches and project each to ``embed_dim``.
+
+    Both modes use the same parameter, ``proj.weight`` of shape (D, C, P_h, P_w):
+    ``conv`` runs it as a convolution with kernel = stride = patch; ``manual`` flattens
+    every patch to a vector of C*P_h*P_w pixels and multiplies by the flattened weight.
+    """
+
+    def __init__(self, cfg: ViTConfig) -> None:
+        super().__init__()
+        self.img_size, self.patch_size, self.in_chans = cfg.img_size, cfg.patch_size, cfg.in_chans
+        self.grid_size, self.num_patches = cfg.grid_size, cfg.num_patches
+        self.mode = cfg.patch_embed
+        self.proj = nn.Conv2d(cfg.in_chans, cfg.embed_dim, kernel_size=cfg.patch_size, stride=cfg.patch_size)
+
+    def check_input(self, x: torch.Tensor) -> None:
+        expected = (self.in_chans, *self.img_size)
+        if x.ndim != 4:
+            raise ValueError(
+                f"expected a batch of images shaped (B, {expected[0]}, {expected[1]}, {expected[2]}), "
+                f"got a tensor of shape {tuple(x.shape)}; add a batch dimension with x.unsqueeze(0)"
+            )
+        if x.shape[1] != self.in_chans:
+            raise ValueError(
+                f"expected {self.in_chans} input channel(s), got {x.shape[1]} (input shape {tuple(x.shape)}); "
+                "convert the images (e.g. grayscale <-> RGB) or build the model with in_chans="
+                f"{x.shape[1]}"
+            )
+        if tuple(x.shape[2:]) != self.img_size:
+            raise ValueError(
+                f"expected images of {self.img_size[0]}x{self.img_size[1]} pixels (H x W), got "
+                f"{x.shape[2]}x{x.shape[3]} (input shape {tuple(x.shape)}); resize the images or build "
+                f"the model with img_size=({x.shape[2]}, {x.shape[3]})"
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x)
+        if self.mode == "conv":
+            x = self.proj(x)  # (B, D, H/P, W/P)
+            return x.flatten(2).transpose(1, 2)  # (B, N, D)
+        b, c, h, w = x.shape
+        (ph, pw), (gh, gw) = self.patch_size, self.grid_size
+        patches = x.reshape(b, c, gh, ph, gw, pw).permute(0, 2, 4, 1, 3, 5)  # (B, gh, gw, C, ph, pw)
+        patches = patches.reshape(b, gh * gw, c * ph * pw)  # (B, N, C*ph*pw), row-major over the grid
+        return F.linear(patches, self.proj.weight.flatten(1), self.proj.bias)
+
+
+def sincos_pos_embed_2d(grid_size: tuple[int, int], dim: int, temperature: float = 10000.0) -> torch.Tensor:
+    """Fixed 2-D sine-cosine position embedding, shape (gh * gw, dim).
+
+    The first half of the channels encodes the row, the second half the column; each
+    half is [sin(pos * w_k), cos(pos * w_k)] with w_k = 1 / temperature^(k / (dim/4)).
+    """
+    if dim % 4:
+        raise ValueError(f"sin-cos position embedding needs embed_dim divisible by 4, got {dim}")
+    gh, gw = grid_size
+    omega = 1.0 / temperature ** (torch.arange(dim // 4, dtype=torch.float64) / (dim // 4))
+    rows, cols = torch.meshgrid(
+        torch.arange(gh, dtype=torch.float64), torch.arange(gw, dtype=torch.float64), indexing="ij"
+    )
+
+    def encode(pos: torch.Tensor) -> torch.Tensor:
+        angles = pos.reshape(-1, 1) * omega.reshape(1, -1)
+        return torch.cat([angles.sin(), angles.cos()], dim=1)
+
+    return torch.cat([encode(rows), encode(cols)], dim=1).float()
+
+
+# ----------------------------------------------------------------------------- encoder
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with one fused projection to queries, keys and values."""
+
+    def __init__(self, cfg: ViTConfig) -> None:
+        super().__init__()
+        self.num_heads = cfg.num_heads
+        self.head_dim = cfg.embed_dim // cfg.num_heads
+        self.scale = self.head_dim**-0.5
+        self.impl = cfg.attn_impl
+        self.attn_drop_rate = cfg.attn_drop_rate
+        self.qkv = nn.Linear(cfg.embed_dim, 3 * cfg.embed_dim, bias=cfg.qkv_bias)
+        self.attn_drop = nn.Dropout(cfg.attn_drop_rate)
+        self.proj = nn.Linear(cfg.embed_dim, cfg.embed_dim)
+        self.proj_drop = nn.Dropout(cfg.drop_rate)
+
+    def forward(self, x: torch.Tensor, return_attention: bool = False):
+        """Returns the output (B, N, D), and the attention weights (B, heads, N, N) when asked.
+
+        Asking for the weights always takes the explicit path (the fused kernel never
+        materialises them).
+        """
+        b, n, d = x.shape
+        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)  # each (B, heads, N, head_dim)
+        weights = None
+        if self.impl == "sdpa" and not return_attention:
+            drop = self.attn_drop_rate if self.training else 0.0
+            out = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)
+        else:
+            weights = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)  # (B, heads, N, N)
+            out = self.attn_drop(weights) @ v
+        out = out.transpose(1, 2).reshape(b, n, d)  # concatenate the heads
+        out = self.proj_drop(self.proj(out))
+        return (out, weights) if return_attention else out
+
+
+class MLP(nn.Module):
+    """Two linear layers with a GELU between: D -> hidden -> D."""
+
+    def __init__(self, cfg: ViTConfig) -> None:
+        super().__init__()
+        hidden = int(cfg.embed_dim * cfg.mlp_ratio)
+        self.fc1 = nn.Linear(cfg.embed_dim, hidden)
+        self.act = nn.GELU()
+        self.drop1 = nn.Dropout(cfg.drop_rate)
+        self.fc2 = nn.Linear(hidden, cfg.embed_dim)
+        self.drop2 = nn.Dropout(cfg.drop_rate)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop2(self.fc2(self.drop1(self.act(self.fc1(x)))))
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drop a residual branch for whole samples with probability ``p``."""
+
+    def __init__(self, p: float = 0.0) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.p == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.p
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+        return x * mask / keep
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+class Block(nn.Module):
+    """Pre-norm Transformer encoder block."""
+
+    def __init__(self, cfg: ViTConfig, drop_path: float = 0.0) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps)
+        self.attn = Attention(cfg)
+        self.drop_path1 = DropPath(drop_path)
+        self.norm2 = nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps)
+        self.mlp = MLP(cfg)
+        self.drop_path2 = DropPath(drop_path)
+
+    def forward(self, x: torch.Tensor, return_attention: bool = False):
+        if return_attention:
+            attn_out, weights = self.attn(self.norm1(x), return_attention=True)
+            x = x + self.drop_path1(attn_out)
+            return x + self.drop_path2(self.mlp(self.norm2(x))), weights
+        x = x + self.drop_path1(self.attn(self.norm1(x)))
+        return x + self.drop_path2(self.mlp(self.norm2(x)))
+
+
+# ----------------------------------------------------------------------------- the model
+
+
+class ViT(nn.Module):
+    """Vision Transformer. ``ViT(ViTConfig(...))`` or ``ViT.from_preset("vit_tiny_patch16_224")``."""
+
+    def __init__(self, cfg: ViTConfig | None = None, **overrides) -> None:
+        super().__init__()
+        cfg = replace(cfg or ViTConfig(), **overrides)  # a copy: the model may change its own (head, pooling)
+        self.cfg = cfg
+        self.num_classes = cfg.num_classes
+        self.embed_dim = self.num_features = cfg.embed_dim
+        self.num_prefix_tokens = 1 if cfg.class_token else 0
+
+        self.patch_embed = PatchEmbed(cfg)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.embed_dim)) if cfg.class_token else None
+        num_tokens = self.num_prefix_tokens + cfg.num_patches
+        if cfg.pos_embed == "learned":
+            self.pos_embed = nn.Parameter(torch.zeros(1, num_tokens, cfg.embed_dim))
+        elif cfg.pos_embed == "sincos":  # fixed, so a buffer rebuilt from the config, not saved
+            table = sincos_pos_embed_2d(cfg.grid_size, cfg.embed_dim)
+            table = torch.cat([torch.zeros(self.num_prefix_tokens, cfg.embed_dim), table])  # CLS slot: zeros
+            self.register_buffer("pos_embed", table.unsqueeze(0), persistent=False)
+        else:
+            self.pos_embed = None
+        self.pos_drop = nn.Dropout(cfg.drop_rate)
+
+        drop_path_rates = [cfg.drop_path_rate * i / max(1, cfg.depth - 1) for i in range(cfg.depth)]  # deeper: more
+        self.blocks = nn.ModuleList(Block(cfg, p) for p in drop_path_rates)
+        self.norm = nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps)
+        self.head_drop = nn.Dropout(cfg.drop_rate)
+        self.head = nn.Linear(cfg.embed_dim, cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
+        self.init_weights()
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> ViT:
+        """Build a named architecture (see ``vitlab.presets.MODEL_PRESETS``), with overrides."""
+        from vitlab.presets import model_config
+
+        return cls(model_config(name, **overrides))
+
+    def init_weights(self) -> None:
+        """Truncated normal (std 0.02) for weights, zeros for biases, LeCun-normal patch embedding, a zero head."""
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Conv2d)):
+                nn.init.trunc_normal_(module.weight, std=0.02, a=-0.04, b=0.04)  # cut at 2 std
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+        # patch embedding: LeCun normal (std 1/sqrt(fan_in)), as in the original JAX release; patch tokens
+        # then start at the scale of the pixels instead of 50x smaller, and small models learn faster
+        fan_in = self.patch_embed.proj.weight[0].numel()
+        nn.init.trunc_normal_(self.patch_embed.proj.weight, std=fan_in**-0.5, a=-2 * fan_in**-0.5, b=2 * fan_in**-0.5)
+        if isinstance(self.pos_embed, nn.Parameter):
+            nn.init.trunc_normal_(self.pos_embed, std=0.02, a=-0.04, b=0.04)
+        if self.cls_token is not None:
+            nn.init.normal_(self.cls_token, std=1e-6)
+        if isinstance(self.head, nn.Linear):
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameters that should not be weight-decayed (besides norms and biases)."""
+        return {name for name in ("pos_embed", "cls_token") if isinstance(getattr(self, name), nn.Parameter)}
+
+    def reset_classifier(self, num_classes: int, pool: str | None = None) -> None:
+        """Replace the head with a fresh zero-initialised one for ``num_classes`` (0: no head)."""
+        if pool is not None:
+            if pool == "cls" and self.cls_token is None:
+                raise ValueError("pool='cls' needs a model built with class_token=True")
+            self.cfg.pool = pool
+        self.num_classes = self.cfg.num_classes = num_classes
+        like = self.norm.weight
+        self.head = (nn.Linear(self.embed_dim, num_classes, device=like.device, dtype=like.dtype)
+                     if num_classes > 0 else nn.Identity())
+        if num_classes > 0:
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
+
+    def _embed(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.patch_embed(x)
+        if self.cls_token is not None:
+            x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+        if self.pos_embed is not None:
+            x = x + self.pos_embed
+        return self.pos_drop(x)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Images (B, C, H, W) -> normalised tokens (B, prefix + N, D)."""
+        x = self._embed(x)
+        for block in self.blocks:
+            x = block(x)
+        return self.norm(x)
+
+    def forward_attention(
+        self, x: torch.Tensor, layers: list[int] | None = None
+    ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        """Logits and attention weights {layer: (B, heads, T, T)} for ``layers`` (default all).
+
+        The selected layers run the explicit attention path, whatever ``attn_impl`` says.
+        """
+        depth = len(self.blocks)
+        if layers is not None and any(not -depth <= i < depth for i in layers):
+            raise IndexError(f"layers {layers} out of range for a model with {depth} blocks (0..{depth - 1} or -1..-{depth})")
+        wanted = set(range(depth)) if layers is None else {i % depth for i in layers}
+        x, maps = self._embed(x), {}
+        for i, block in enumerate(self.blocks):
+            if i in wanted:
+                x, maps[i] = block(x, return_attention=True)
+            else:
+                x = block(x)
+        return self.forward_head(self.norm(x)), maps
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Tokens (B, T, D) -> pooled features (B, D) if ``pre_logits`` else logits."""
+        x = x[:, 0] if self.cfg.pool == "cls" else x[:, self.num_prefix_tokens :].mean(dim=1)
+        x = self.head_drop(x)
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def num_params(self, trainable_only: bool = False) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+
+def count_flops(model_or_cfg: ViT | ViTConfig) -> int:
+    """Forward FLOPs for one image (a multiply-add counts 2), measured by torch's FlopCounterMode.
+
+    Counted on a weightless copy (meta device) with explicit attention, so the attention
+    matrix products are included whatever kernel the model uses.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    cfg = model_or_cfg.cfg if isinstance(model_or_cfg, ViT) else model_or_cfg
+    with torch.device("meta"):
+        probe = ViT(replace(cfg, attn_impl="explicit")).eval()
+        x = torch.zeros(1, cfg.in_chans, *cfg.img_size)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        probe(x)
+    return int(counter.get_total_flops())

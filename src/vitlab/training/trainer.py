@@ -1,0 +1,234 @@
+"""The training loop: one epoch at a time, validated, checkpointed and resumable.
+
+Repeatability: the model is initialised from ``seed``, and every epoch re-seeds the data
+order, the augmentation and dropout from ``(seed, epoch)``. A run resumed from the state
+saved after epoch k therefore continues exactly as the uninterrupted run would (on CPU).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+import yaml
+from tqdm.auto import tqdm
+
+from vitlab.config import RunConfig
+from vitlab.data import ImageData, ImageSplit, Preprocess, iterate_batches, load_data, num_batches
+from vitlab.model import ViT, count_flops
+from vitlab.training.checkpoint import (
+    atomic_write_text,
+    load_resume_state,
+    save_checkpoint,
+    save_resume_state,
+)
+from vitlab.training.optim import build_optimizer, build_scheduler
+
+CONFIG_FILE = "config.yaml"
+METRICS_FILE = "metrics.jsonl"
+
+
+class RunExistsError(FileExistsError):
+    """The run directory already holds a run."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def autocast_context(device: torch.device, precision: str):
+    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    if use_bf16:
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    return seed * 1_000_003 + epoch
+
+
+def preprocessing_info(data: ImageData, model_cfg) -> dict[str, Any]:
+    """What ``predict`` must do to a new image to match training."""
+    return {"mean": list(data.mean), "std": list(data.std), "image_size": list(model_cfg.img_size),
+            "in_chans": model_cfg.in_chans, "interpolation": "bicubic", "dataset": data.name}
+
+
+@torch.no_grad()
+def evaluate(model: ViT, split: ImageSplit, preprocess: Preprocess, batch_size: int, device: torch.device,
+             precision: str = "auto", num_classes: int | None = None, progress: bool = False) -> dict[str, Any]:
+    """Loss, accuracy and the confusion matrix (rows: true class, columns: predicted)."""
+    model.eval()
+    num_classes = num_classes or model.num_classes
+    confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
+    total_loss, seen = 0.0, 0
+    batches = iterate_batches(split, batch_size)
+    for images, labels in tqdm(batches, total=num_batches(split, batch_size), desc="eval", leave=False,
+                               disable=not progress):
+        x = preprocess(images.to(device, non_blocking=True))
+        with autocast_context(device, precision):
+            logits = model(x)
+        logits, labels = logits.float().cpu(), labels.cpu()
+        total_loss += F.cross_entropy(logits, labels, reduction="sum").item()
+        seen += len(labels)
+        confusion += torch.bincount(labels * num_classes + logits.argmax(1), minlength=num_classes**2).view(
+            num_classes, num_classes)
+    correct = confusion.diag().sum().item()
+    return {"loss": total_loss / max(1, seen), "acc": correct / max(1, seen), "confusion": confusion}
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    history: list[dict[str, Any]]
+    best_val_acc: float
+
+    @property
+    def final(self) -> dict[str, Any]:
+        return self.history[-1] if self.history else {}
+
+
+def prepare_run_dir(run_dir: Path, cfg: RunConfig, resume: bool) -> None:
+    """Create a new run directory, or check that ``resume`` points at an existing one."""
+    config_file = run_dir / CONFIG_FILE
+    if resume:
+        if not config_file.exists():
+            raise FileNotFoundError(f"cannot resume: {run_dir} holds no {CONFIG_FILE}; is it a vitlab run directory?")
+        return
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise RunExistsError(
+            f"run directory {run_dir} already exists and is not empty; continue it with "
+            f"`vitlab train --resume {run_dir}`, or choose another --run_dir (nothing was overwritten)"
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(config_file, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def read_run_config(run_dir: Path) -> RunConfig:
+    return RunConfig.from_dict(yaml.safe_load((Path(run_dir) / CONFIG_FILE).read_text()))
+
+
+def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: bool = True,
+          stop_after_epoch: int | None = None, data: ImageData | None = None) -> TrainResult:
+    """Train ``cfg`` into ``run_dir`` (or continue it with ``resume=True``).
+
+    ``stop_after_epoch`` ends the session early, as a kill after that epoch would.
+    """
+    run_dir = Path(run_dir)
+    if resume:
+        cfg = read_run_config(run_dir)
+    tc = cfg.train
+    if tc.threads:
+        torch.set_num_threads(tc.threads)
+    device = resolve_device(tc.device)
+    data = data or load_data(cfg.data, image_size=cfg.model.img_size, seed=tc.seed)
+    cfg.model.num_classes = data.num_classes  # the head always matches the data
+    prepare_run_dir(run_dir, cfg, resume)
+
+    torch.manual_seed(tc.seed)
+    model = ViT(cfg.model).to(device)
+    optimizer = build_optimizer(model, tc)
+    steps_per_epoch = num_batches(data.train, tc.batch_size)
+    scheduler = build_scheduler(optimizer, tc, steps_per_epoch)
+    preprocess = Preprocess(data.mean, data.std, cfg.model.in_chans, cfg.model.img_size, cfg.data.augment)
+    eval_preprocess = Preprocess(data.mean, data.std, cfg.model.in_chans, cfg.model.img_size)
+
+    history: list[dict[str, Any]] = []
+    best_acc, start_epoch = -1.0, 0
+    state = load_resume_state(run_dir) if resume else None
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        history, best_acc, start_epoch = state["history"], state["best_val_acc"], state["epoch"]
+    _write_metrics(run_dir, history)  # drops any line written after the saved state
+
+    flops = count_flops(model)
+    info = {"classes": data.classes, "preprocessing": preprocessing_info(data, cfg.model),
+            "run_config": cfg.to_dict(), "data_notes": data.notes}
+    if progress:
+        where = f"resuming after epoch {start_epoch}" if start_epoch else "new run"
+        tqdm.write(f"vitlab: {where} in {run_dir} | {data.name}: {len(data.train)} train / {len(data.val)} val "
+                   f"images, {data.num_classes} classes | model {model.num_params():,} params, "
+                   f"{flops / 1e6:.1f} MFLOPs/image | device {device}")
+
+    started = time.perf_counter() - (history[-1]["elapsed_s"] if history else 0.0)
+    for epoch in range(start_epoch, tc.epochs):
+        if stop_after_epoch is not None and epoch >= stop_after_epoch:
+            break
+        seed = epoch_seed(tc.seed, epoch)
+        torch.manual_seed(seed)  # dropout and drop path
+        order = torch.Generator().manual_seed(seed)
+        augment_rng = torch.Generator().manual_seed(seed + 1)
+        model.train()
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device, dtype=torch.long)
+        seen, epoch_start = 0, time.perf_counter()
+        bar = tqdm(iterate_batches(data.train, tc.batch_size, shuffle=True, generator=order,
+                                   num_workers=cfg.data.num_workers),
+                   total=steps_per_epoch, desc=f"epoch {epoch + 1}/{tc.epochs}", leave=False, disable=not progress,
+                   dynamic_ncols=True)
+        for step, (images, labels) in enumerate(bar):
+            x = preprocess(images.to(device, non_blocking=True), train=True, generator=augment_rng)
+            y = labels.to(device, non_blocking=True)
+            with autocast_context(device, tc.precision):
+                logits = model(x)
+                loss = F.cross_entropy(logits.float(), y, label_smoothing=tc.label_smoothing)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"loss became {loss.item()} at epoch {epoch + 1}, step {step}; lower --train.lr "
+                    f"(now {tc.lr}) or enable --train.grad_clip"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if tc.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            loss_sum += loss.detach() * len(y)
+            correct += (logits.argmax(1) == y).sum()
+            seen += len(y)
+            if progress and (step % 20 == 0 or step == steps_per_epoch - 1):
+                rate = seen / max(1e-9, time.perf_counter() - epoch_start)
+                bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", acc=f"{correct.item() / seen:.4f}",
+                                lr=f"{optimizer.param_groups[0]['lr']:.2e}", img_s=f"{rate:.0f}")
+        bar.close()
+        train_time = time.perf_counter() - epoch_start
+        val = evaluate(model, data.val, eval_preprocess, tc.eval_batch_size, device, tc.precision, data.num_classes)
+        record = {
+            "epoch": epoch + 1, "train_loss": loss_sum.item() / seen, "train_acc": correct.item() / seen,
+            "val_loss": val["loss"], "val_acc": val["acc"], "lr": optimizer.param_groups[0]["lr"],
+            "train_images_per_s": seen / train_time, "epoch_s": time.perf_counter() - epoch_start,
+            "elapsed_s": time.perf_counter() - started,
+        }
+        history.append(record)
+        is_best = record["val_acc"] > best_acc
+        best_acc = max(best_acc, record["val_acc"])
+        ckpt_info = {**info, "epoch": epoch + 1, "metrics": record}
+        save_checkpoint(run_dir / "last.safetensors", model, ckpt_info)
+        if is_best:
+            save_checkpoint(run_dir / "best.safetensors", model, ckpt_info)
+        save_resume_state(run_dir, {
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "epoch": epoch + 1, "history": history, "best_val_acc": best_acc,
+        })
+        _write_metrics(run_dir, history)
+        if progress:
+            tqdm.write(
+                f"epoch {epoch + 1:>3}/{tc.epochs} | train loss {record['train_loss']:.4f} acc "
+                f"{record['train_acc']:.4f} | val loss {record['val_loss']:.4f} acc {record['val_acc']:.4f}"
+                f"{' *' if is_best else '  '} | {record['train_images_per_s']:.0f} img/s | "
+                f"{record['epoch_s']:.1f}s (total {record['elapsed_s']:.0f}s)"
+            )
+    return TrainResult(run_dir, history, best_acc)
+
+
+def _write_metrics(run_dir: Path, history: list[dict[str, Any]]) -> None:
+    atomic_write_text(run_dir / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in history))

@@ -1,0 +1,183 @@
+"""Data sets, the tensor cache, batched augmentation and preprocessing."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import write_pattern_folder
+from vitlab.config import DataConfig
+from vitlab.data import DataNotFoundError, Preprocess, augment_batch, iterate_batches, load_data, random_affine
+from vitlab.data import datasets as ds_module
+
+
+def snapshot(root: Path) -> dict[str, tuple[int, float]]:
+    return {str(p): (p.stat().st_size, p.stat().st_mtime) for p in sorted(root.rglob("*"))}
+
+
+def test_mnist_from_read_only_root_is_extracted_into_the_cache(shared_data, private_cache):
+    before = snapshot(shared_data / "MNIST")
+    data = load_data(DataConfig(dataset="mnist", data_dir=str(shared_data), download=False))
+    assert data.train.images.shape == (60000, 1, 28, 28) and data.train.images.dtype == torch.uint8
+    assert data.val.images.shape == (10000, 1, 28, 28)
+    assert data.train.labels.bincount().tolist()[:2] == [5923, 6742]  # MNIST's known class counts
+    assert data.classes[0].startswith("0") and data.num_classes == 10
+    assert data.mean == (0.1307,) and data.channels == 1 and data.image_size == (28, 28)
+    assert snapshot(shared_data / "MNIST") == before, "the shared root must never be written into"
+    assert (private_cache / "torchvision" / "MNIST" / "raw" / "train-images-idx3-ubyte").exists()
+
+
+def test_fashion_mnist_loads(shared_data):
+    if not (shared_data / "FashionMNIST" / "raw").is_dir():
+        pytest.skip("no Fashion-MNIST in the shared data")
+    data = load_data(DataConfig(dataset="fashion_mnist", data_dir=str(shared_data), download=False))
+    assert data.train.images.shape == (60000, 1, 28, 28)
+    assert data.classes[0] == "T-shirt/top" and data.mean == (0.2860,)
+
+
+def test_missing_data_without_download_names_the_root(tmp_path):
+    with pytest.raises(DataNotFoundError, match=str(tmp_path)) as info:
+        load_data(DataConfig(dataset="mnist", data_dir=str(tmp_path), download=False))
+    assert "--data.data_dir" in str(info.value) and "VITLAB_DATA_DIR" in str(info.value)
+    with pytest.raises(DataNotFoundError, match="cifar10"):
+        load_data(DataConfig(dataset="cifar10", data_dir=str(tmp_path), download=False))
+
+
+def test_unknown_dataset_is_refused():
+    with pytest.raises(ValueError, match="unknown dataset 'svhn'"):
+        load_data(DataConfig(dataset="svhn"))
+
+
+def test_image_folder_with_train_and_val(pattern_folder, private_cache):
+    data = load_data(DataConfig(dataset="imagefolder", path=str(pattern_folder)), image_size=(16, 16))
+    assert data.classes == ["circle", "cross", "stripes"]
+    assert data.train.images.shape == (120, 3, 16, 16) and len(data.val) == 30
+    assert data.train.labels.tolist() == [0] * 40 + [1] * 40 + [2] * 40
+    cached = list((private_cache / "tensors").glob("*.safetensors"))
+    assert len(cached) >= 2
+
+
+def test_image_folder_cache_is_reused(pattern_folder, monkeypatch):
+    cfg = DataConfig(dataset="imagefolder", path=str(pattern_folder))
+    first = load_data(cfg, image_size=(16, 16))
+
+    def no_decoding(self, i):
+        raise AssertionError("decoded again although the cache holds the tensors")
+
+    monkeypatch.setattr(ds_module.FolderImages, "__getitem__", no_decoding)
+    second = load_data(cfg, image_size=(16, 16))
+    assert torch.equal(first.train.images, second.train.images)
+
+
+def test_image_folder_resizes_to_the_model_size(pattern_folder):
+    data = load_data(DataConfig(dataset="imagefolder", path=str(pattern_folder)), image_size=(8, 12))
+    assert data.train.images.shape[1:] == (3, 8, 12)
+
+
+def test_single_folder_needs_and_gets_a_seeded_split(tmp_path):
+    root = write_pattern_folder(tmp_path / "flat", {"": 10})
+    with pytest.raises(ValueError, match="val_fraction"):
+        load_data(DataConfig(dataset="imagefolder", path=str(root)), image_size=(16, 16))
+    cfg = DataConfig(dataset="imagefolder", path=str(root), val_fraction=0.2)
+    a, b = (load_data(cfg, image_size=(16, 16), seed=3) for _ in range(2))
+    assert len(a.train) == 24 and len(a.val) == 6
+    assert torch.equal(a.val.labels, b.val.labels) and "held out" in a.notes["validation"]
+
+
+def test_image_folder_errors(tmp_path):
+    with pytest.raises(ValueError, match="--data.path"):
+        load_data(DataConfig(dataset="imagefolder"), image_size=(16, 16))
+    with pytest.raises(DataNotFoundError, match="does not exist"):
+        load_data(DataConfig(dataset="imagefolder", path=str(tmp_path / "nope")), image_size=(16, 16))
+    (tmp_path / "empty" / "train" / "a").mkdir(parents=True)
+    with pytest.raises(DataNotFoundError, match="no images"):
+        load_data(DataConfig(dataset="imagefolder", path=str(tmp_path / "empty")), image_size=(16, 16))
+
+
+def test_cifar_png_folder_layout(tmp_path):
+    root = tmp_path / "data"
+    write_pattern_folder(root / "cifar10", {"train": 4, "test": 2}, size=32, classes=("circle", "cross"))
+    before = snapshot(root)
+    data = load_data(DataConfig(dataset="cifar10", data_dir=str(root), download=False))
+    assert data.train.images.shape == (8, 3, 32, 32) and len(data.val) == 4
+    assert data.classes == ["circle", "cross"] and data.mean[0] == pytest.approx(0.4914)
+    assert snapshot(root) == before
+
+
+def test_large_folders_stream_from_disk(pattern_folder):
+    cfg = DataConfig(dataset="imagefolder", path=str(pattern_folder), max_cache_gib=1e-9, num_workers=0)
+    data = load_data(cfg, image_size=(16, 16))
+    assert data.train.images is None and data.train.stream is not None
+    cached = load_data(DataConfig(dataset="imagefolder", path=str(pattern_folder)), image_size=(16, 16))
+    streamed = torch.cat([x for x, _ in iterate_batches(data.train, 32)])
+    assert torch.equal(streamed, cached.train.images)
+
+
+def test_subsets_are_seeded(pattern_folder):
+    cfg = DataConfig(dataset="imagefolder", path=str(pattern_folder), train_subset=10, val_subset=5)
+    a = load_data(cfg, image_size=(16, 16), seed=1)
+    b = load_data(cfg, image_size=(16, 16), seed=1)
+    assert len(a.train) == 10 and len(a.val) == 5 and torch.equal(a.train.images, b.train.images)
+
+
+# ----------------------------------------------------------------------------- batches and augmentation
+
+
+def test_batches_cover_every_image_once_in_a_seeded_order(pattern_folder):
+    split = load_data(DataConfig(dataset="imagefolder", path=str(pattern_folder)), image_size=(16, 16)).train
+    order = [torch.cat([y for _, y in iterate_batches(split, 32, True, torch.Generator().manual_seed(s))])
+             for s in (0, 0, 1)]
+    assert sorted(order[0].tolist()) == sorted(split.labels.tolist())
+    assert torch.equal(order[0], order[1]) and not torch.equal(order[0], order[2])
+
+
+def test_affine_without_change_is_identity():
+    x = torch.rand(4, 3, 8, 8)
+    out = random_affine(x, torch.Generator().manual_seed(0))
+    assert torch.allclose(out, x, atol=1e-5)
+
+
+def test_crop_flip_moves_whole_pixels():
+    x = torch.arange(2 * 32 * 32, dtype=torch.float32).view(2, 1, 32, 32) + 1
+    out = random_affine(x, torch.Generator().manual_seed(0), translate_px=4, flip=True, integer_shift=True)
+    for img, src in zip(out, x):
+        values = set(img.unique().tolist()) - {0.0}
+        assert values <= set(src.unique().tolist())  # only original pixels or zero padding
+        assert (img == 0).float().mean() <= (4 * 32 * 2) / (32 * 32) + 1e-6
+
+
+def test_augmentations_are_repeatable_and_random():
+    x = (torch.rand(8, 1, 28, 28) * 255).to(torch.uint8)
+    for kind in ("digits", "flip", "crop_flip", "randaugment"):
+        a = augment_batch(x, kind, torch.Generator().manual_seed(0))
+        b = augment_batch(x, kind, torch.Generator().manual_seed(0))
+        c = augment_batch(x, kind, torch.Generator().manual_seed(1))
+        assert a.dtype == torch.float32 and a.shape == x.shape and 0 <= a.min() and a.max() <= 1
+        assert torch.equal(a, b), kind
+        assert not torch.equal(a, c), kind
+    with pytest.raises(ValueError, match="unknown augmentation"):
+        augment_batch(x, "mixup", torch.Generator())
+
+
+def test_preprocess_normalises_resizes_and_matches_channels():
+    x = torch.full((2, 1, 28, 28), 255, dtype=torch.uint8)
+    out = Preprocess((0.5,), (0.25,), in_chans=1, image_size=(28, 28))(x)
+    assert torch.allclose(out, torch.full_like(out, 2.0))
+    rgb = Preprocess((0.5, 0.5, 0.5), (0.5, 0.5, 0.5), in_chans=3, image_size=(56, 56))(x)
+    assert rgb.shape == (2, 3, 56, 56) and torch.allclose(rgb, torch.ones_like(rgb), atol=1e-4)
+    gray = Preprocess((0.0,), (1.0,), in_chans=1, image_size=(8, 8))(torch.full((1, 3, 8, 8), 255, dtype=torch.uint8))
+    assert gray.shape == (1, 1, 8, 8) and torch.allclose(gray, torch.ones_like(gray), atol=1e-5)
+    with pytest.raises(ValueError, match="Generator"):
+        Preprocess((0.0,), (1.0,), 1, (28, 28), augment="digits")(x, train=True)
+
+
+def test_environment_variables_choose_the_roots(monkeypatch, tmp_path):
+    monkeypatch.setenv("VITLAB_DATA_DIR", str(tmp_path / "d"))
+    monkeypatch.setenv("VITLAB_CACHE_DIR", str(tmp_path / "c"))
+    cfg = DataConfig()
+    assert cfg.resolved_data_dir() == tmp_path / "d" and cfg.resolved_cache_dir() == tmp_path / "c"
+    assert DataConfig(data_dir=str(tmp_path)).resolved_data_dir() == tmp_path
+    assert os.environ["VITLAB_DATA_DIR"].endswith("d")

@@ -1,0 +1,159 @@
+"""Training, checkpoints, run directories and resume."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import yaml
+
+from vitlab.config import DataConfig, RunConfig, TrainConfig
+from vitlab.model import ViT, ViTConfig
+from vitlab.training import CheckpointError, RunExistsError, load_checkpoint, save_checkpoint, train
+from vitlab.training.checkpoint import load_state_dict_checked, read_checkpoint_info
+from vitlab.training.optim import build_scheduler, lr_factor, param_groups
+
+
+def tiny_run(folder, epochs: int = 2, **train_overrides) -> RunConfig:
+    return RunConfig(
+        model=ViTConfig(img_size=16, patch_size=4, in_chans=3, num_classes=3, embed_dim=32, depth=2, num_heads=2,
+                        drop_rate=0.1, drop_path_rate=0.1),
+        data=DataConfig(dataset="imagefolder", path=str(folder), augment="flip", num_workers=0),
+        train=TrainConfig(**{"epochs": epochs, "batch_size": 8, "lr": 1e-3, "warmup_epochs": 0.5,
+                             "label_smoothing": 0.1, **train_overrides}),
+    )
+
+
+def test_training_learns_and_writes_the_run_directory(pattern_folder, tmp_path):
+    result = train(tiny_run(pattern_folder, epochs=4), tmp_path / "run", progress=False)
+    run = tmp_path / "run"
+    assert {p.name for p in run.iterdir()} >= {"config.yaml", "metrics.jsonl", "best.safetensors", "best.json",
+                                               "last.safetensors", "last.json", "resume.pt"}
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 4 and result.history[-1]["epoch"] == 4
+    assert result.history[-1]["val_acc"] >= 0.9, result.history  # 3 easy classes: far above chance (0.33)
+    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["model"]["num_classes"] == 3 and saved["train"]["epochs"] == 4
+    info = read_checkpoint_info(run / "best.safetensors")
+    assert info["classes"] == ["circle", "cross", "stripes"]
+    assert info["preprocessing"]["mean"] == [0.485, 0.456, 0.406] and info["versions"]["torch"] == torch.__version__
+
+
+def test_checkpoint_round_trip_gives_identical_logits(tmp_path):
+    torch.manual_seed(0)
+    model = ViT(ViTConfig(img_size=16, patch_size=4, in_chans=1, num_classes=4, embed_dim=32, depth=2,
+                          num_heads=2, pos_embed="sincos")).eval()
+    torch.nn.init.normal_(model.head.weight)
+    save_checkpoint(tmp_path / "ckpt", model, {"classes": list("abcd")})
+    loaded, info = load_checkpoint(tmp_path / "ckpt.safetensors")
+    x = torch.randn(3, 1, 16, 16)
+    assert torch.equal(model(x), loaded(x))
+    assert info["classes"] == list("abcd") and info["model"]["pos_embed"] == "sincos"
+    assert (tmp_path / "ckpt.json").exists()
+    assert not list(tmp_path.glob(".*tmp*")), "temporary files must not stay behind"
+
+
+def test_corrupt_and_foreign_checkpoints_are_refused(tmp_path):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x00" * 100)
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_checkpoint(bad)
+    model = ViT(ViTConfig(img_size=8, patch_size=4, in_chans=1, num_classes=2, embed_dim=8, depth=1, num_heads=2))
+    path = save_checkpoint(tmp_path / "good", model, {"classes": ["a", "b"]})
+    truncated = tmp_path / "truncated.safetensors"
+    truncated.write_bytes(path.read_bytes()[:-50])
+    with pytest.raises(CheckpointError):
+        load_checkpoint(truncated)
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(1)}, str(tmp_path / "foreign.safetensors"))
+    with pytest.raises(CheckpointError, match="not a checkpoint written by vitlab"):
+        load_checkpoint(tmp_path / "foreign.safetensors")
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "missing.safetensors")
+
+
+def test_mismatched_state_dict_lists_every_problem():
+    model = ViT(ViTConfig(img_size=8, patch_size=4, in_chans=1, num_classes=2, embed_dim=8, depth=1, num_heads=2))
+    state = dict(model.state_dict())
+    state.pop("norm.weight")
+    state["extra.weight"] = torch.zeros(1)
+    state["head.weight"] = torch.zeros(5, 8)
+    with pytest.raises(CheckpointError) as info:
+        load_state_dict_checked(model, state, source="x.safetensors")
+    message = str(info.value)
+    assert "missing keys: ['norm.weight']" in message and "unexpected keys: ['extra.weight']" in message
+    assert "head.weight: checkpoint (5, 8) vs model (2, 8)" in message
+
+
+def test_existing_run_directory_is_never_overwritten(pattern_folder, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "notes.txt").write_text("precious")
+    with pytest.raises(RunExistsError, match="--resume"):
+        train(tiny_run(pattern_folder, epochs=1), run, progress=False)
+    assert (run / "notes.txt").read_text() == "precious" and not (run / "config.yaml").exists()
+
+
+def test_resume_after_an_interruption_matches_the_uninterrupted_run(pattern_folder, tmp_path):
+    full = train(tiny_run(pattern_folder, epochs=3), tmp_path / "full", progress=False)
+    train(tiny_run(pattern_folder, epochs=3), tmp_path / "cut", progress=False, stop_after_epoch=1)
+    assert len((tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()) == 1
+    resumed = train(RunConfig(), tmp_path / "cut", resume=True, progress=False)
+    a, _ = load_checkpoint(tmp_path / "full" / "last.safetensors")
+    b, _ = load_checkpoint(tmp_path / "cut" / "last.safetensors")
+    for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(p, q), name
+    keys = ("train_loss", "train_acc", "val_loss", "val_acc", "lr")
+    assert [[h[k] for k in keys] for h in full.history] == [[h[k] for k in keys] for h in resumed.history]
+
+
+def test_resume_without_a_run_is_an_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="config.yaml"):
+        train(RunConfig(), tmp_path, resume=True, progress=False)
+
+
+def test_no_weight_decay_on_norms_biases_and_embeddings():
+    model = ViT(ViTConfig(img_size=8, patch_size=4, in_chans=1, num_classes=2, embed_dim=8, depth=2, num_heads=2))
+    decay, no_decay = param_groups(model, 0.05)
+    names = {id(p): n for n, p in model.named_parameters()}
+    decayed = {names[id(p)] for p in decay["params"]}
+    exempt = {names[id(p)] for p in no_decay["params"]}
+    assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
+    assert {"pos_embed", "cls_token", "norm.weight", "norm.bias", "blocks.0.attn.qkv.bias", "head.bias"} <= exempt
+    assert {"blocks.0.attn.qkv.weight", "blocks.1.mlp.fc1.weight", "patch_embed.proj.weight", "head.weight"} <= decayed
+    assert len(decayed) + len(exempt) == len(names)
+
+
+def test_warmup_then_cosine_schedule():
+    assert lr_factor(0, 100, 10, "cosine", 0.0) == pytest.approx(0.1)
+    assert lr_factor(9, 100, 10, "cosine", 0.0) == pytest.approx(1.0)
+    assert lr_factor(55, 100, 10, "cosine", 0.0) == pytest.approx(0.5)
+    assert lr_factor(100, 100, 10, "cosine", 0.01) == pytest.approx(0.01)
+    assert lr_factor(50, 100, 10, "constant", 0.0) == 1.0
+    model = torch.nn.Linear(2, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    sched = build_scheduler(opt, TrainConfig(epochs=2, lr=1.0, min_lr=0.0, warmup_epochs=1), steps_per_epoch=4)
+    lrs = []
+    for _ in range(8):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0])
+    assert lrs[4:] == pytest.approx([0.5 * (1 + math.cos(math.pi * k / 4)) for k in range(4)])
+
+
+def test_training_is_repeatable_on_cpu(pattern_folder, tmp_path):
+    a = train(tiny_run(pattern_folder, epochs=1), tmp_path / "a", progress=False)
+    b = train(tiny_run(pattern_folder, epochs=1), tmp_path / "b", progress=False)
+    assert a.history[0]["train_loss"] == b.history[0]["train_loss"]
+    c = train(tiny_run(pattern_folder, epochs=1, seed=1), tmp_path / "c", progress=False)
+    assert c.history[0]["train_loss"] != a.history[0]["train_loss"]
+
+
+def test_diverging_loss_stops_with_advice(pattern_folder, tmp_path):
+    with pytest.raises(FloatingPointError, match="lower --train.lr"):
+        train(tiny_run(pattern_folder, epochs=1, lr=1e6, grad_clip=0.0, warmup_epochs=0), tmp_path / "r",
+              progress=False)
