@@ -92,11 +92,12 @@ def test_train_eval_predict(pattern_folder, tmp_path, capsys):
 
 def test_short_mnist_run_beats_chance(shared_data, tmp_path, capsys):
     run = tmp_path / "mnist"
-    argv = ["train", "--data.data_dir", str(shared_data), "--data.train_subset", "6000", "--data.val_subset",
-            "1000", "--train.epochs", "2", "--train.batch_size", "64", "--quiet", "--run_dir", str(run)]
+    argv = ["train", "--data.data_dir", str(shared_data), "--data.train_subset", "10000", "--data.val_subset",
+            "1000", "--data.augment", "none", "--train.epochs", "3", "--train.batch_size", "64", "--quiet",
+            "--run_dir", str(run)]
     assert main(argv) == 0
     history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert history[-1]["val_acc"] > 0.4, history  # chance is 0.1: four times better after ~190 steps
+    assert history[-1]["val_acc"] > 0.6, history  # chance is 0.1
 
 
 def test_kill_and_resume_matches_an_uninterrupted_run(pattern_folder, tmp_path):

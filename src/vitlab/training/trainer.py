@@ -8,6 +8,7 @@ saved after epoch k therefore continues exactly as the uninterrupted run would (
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import time
 from dataclasses import dataclass
@@ -122,8 +123,7 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
     ``stop_after_epoch`` ends the session early, as a kill after that epoch would.
     """
     run_dir = Path(run_dir)
-    if resume:
-        cfg = read_run_config(run_dir)
+    cfg = read_run_config(run_dir) if resume else copy.deepcopy(cfg)  # never change the caller's config
     tc = cfg.train
     if tc.threads:
         torch.set_num_threads(tc.threads)
