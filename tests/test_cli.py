@@ -50,6 +50,11 @@ def test_preset_then_yaml_then_flags(tmp_path):
     assert args.train.optimizer == "adam"
 
 
+def test_resume_refuses_new_settings(tmp_path, capsys):
+    assert main(["train", "--resume", str(tmp_path), "--train.epochs", "5"]) == 2
+    assert "config.yaml" in capsys.readouterr().err
+
+
 def test_bad_option_values_are_reported(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--train.optimizer", "lion"])

@@ -70,6 +70,10 @@ def cmd_train(argv: list[str]) -> int:
     parser = train_parser(_peek_preset(argv))
     args = parser.parse_args(argv)
     if args.resume:
+        settings = [a for a in argv if a.split("=")[0].startswith(("--model", "--data", "--train", "--config", "--preset"))]
+        if settings:
+            raise ValueError(f"--resume continues a run with the configuration saved in {args.resume}/config.yaml; "
+                             f"drop {settings} (or start a new run without --resume)")
         result = train(RunConfig(), args.resume, resume=True, progress=not args.quiet)
     else:
         cfg = RunConfig(
