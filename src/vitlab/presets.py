@@ -50,7 +50,7 @@ RUN_PRESETS: dict[str, RunConfig] = {
         model=MODEL_PRESETS["vit_mnist_long"],
         data=DataConfig(dataset="mnist", augment="digits"),
         train=TrainConfig(epochs=30, batch_size=128, lr=2e-3, weight_decay=0.05, warmup_epochs=1,
-                          label_smoothing=0.0),
+                          label_smoothing=0.1),
     ),
     # The tutorial's recipe: Adam, lr 1e-3, 10 epochs, constant rate, no regularisation.
     "seed": RunConfig(
