@@ -5,6 +5,8 @@ writes `benchmarks/results/<preset>-<machine>.json` plus a line in `benchmarks/r
 table format to stdout. Example:
 
     python benchmarks/train_to_accuracy.py --preset mnist --target 0.985 --budget-s 300
+    python benchmarks/train_to_accuracy.py --command finetune --tag imagenette-ti16 --target 0.97 --budget-s 600 \
+        -- --pretrained vit_tiny --dataset imagefolder --data.path $VITLAB_DATA_DIR/imagenette-mini --mode linear
 """
 
 from __future__ import annotations
@@ -38,15 +40,18 @@ def machine() -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="mnist")
+    parser.add_argument("--command", default="train", choices=["train", "finetune"])
+    parser.add_argument("--preset", default="mnist", help="train: the run preset")
     parser.add_argument("--target", type=float, required=True, help="accuracy goal, e.g. 0.985")
     parser.add_argument("--budget-s", type=float, default=None, help="time goal in seconds")
     parser.add_argument("--tag", default=None, help="name of the results file (default: preset)")
     parser.add_argument("extra", nargs="*", help="more `vitlab train` flags")
     args = parser.parse_args()
 
-    run_dir = Path(tempfile.mkdtemp(prefix=f"vitlab-bench-{args.preset}-")) / "run"
-    command = ["vitlab", "train", "--preset", args.preset, "--run_dir", str(run_dir), *args.extra]
+    name = args.tag or args.preset
+    run_dir = Path(tempfile.mkdtemp(prefix=f"vitlab-bench-{name}-")) / "run"
+    preset = ["--preset", args.preset] if args.command == "train" else []
+    command = ["vitlab", args.command, *preset, "--run_dir", str(run_dir), *args.extra]
     print("$", shlex.join(command), flush=True)
     start = time.perf_counter()
     subprocess.run([sys.executable, "-m", "vitlab.cli", *command[1:]], check=True)
@@ -55,7 +60,7 @@ def main() -> int:
     final = history[-1]
     reached = next((h for h in history if h["val_acc"] >= args.target), None)
     result = {
-        "preset": args.preset,
+        "preset": args.preset if args.command == "train" else None,
         "command": shlex.join(command),
         "final_test_acc": final["val_acc"],
         "best_test_acc": max(h["val_acc"] for h in history),
@@ -72,9 +77,9 @@ def main() -> int:
         "date": time.strftime("%Y-%m-%d"),
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"{args.tag or args.preset}.json"
+    out = RESULTS / f"{name}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"| {args.preset} | {final['val_acc'] * 100:.2f}% | {wall:.0f} s | {final['epoch']} | "
+    print(f"| {name} | {final['val_acc'] * 100:.2f}% | {wall:.0f} s | {final['epoch']} | "
           f"{'met' if result['met'] else 'NOT met'} (goal {args.target * 100:.1f}%"
           f"{f' in {args.budget_s:.0f} s' if args.budget_s else ''}) | `{shlex.join(command)}` |")
     print(f"written to {out}")

@@ -1,4 +1,4 @@
-"""The ``vitlab`` command line: train, eval, predict, info, presets.
+"""The ``vitlab`` command line: train, finetune, weights, eval, predict, info, presets.
 
 Configuration comes in layers, later ones winning: the preset (``--preset``), YAML files
 (``--config FILE``), then single flags (``--train.epochs 3``, ``--model.depth 4``). Parsing
@@ -17,7 +17,7 @@ from pathlib import Path
 import yaml
 from jsonargparse import ActionConfigFile, ArgumentParser
 
-from vitlab.config import DataConfig, RunConfig, TrainConfig
+from vitlab.config import DataConfig, FinetuneConfig, RunConfig, TrainConfig
 from vitlab.model import ViTConfig
 from vitlab.presets import MODEL_ALIASES, MODEL_PRESETS, RUN_PRESETS, run_config
 
@@ -82,10 +82,78 @@ def cmd_train(argv: list[str]) -> int:
         )
         run_dir = args.run_dir or f"runs/{args.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
         result = train(cfg, run_dir, progress=not args.quiet)
+    return _finish(result)
+
+
+FINETUNE_TRAIN_DEFAULTS = TrainConfig(epochs=5, batch_size=64, lr=5e-4, weight_decay=0.05, warmup_epochs=0.5,
+                                      label_smoothing=0.1, grad_clip=1.0)
+FINETUNE_AUGMENT = {"mnist": "digits", "fashion_mnist": "flip", "cifar10": "crop_flip", "cifar100": "crop_flip",
+                    "imagefolder": "crop_flip"}
+
+
+def finetune_parser() -> ArgumentParser:
+    parser = ArgumentParser(
+        prog="vitlab finetune",
+        description="Fine-tune pretrained weights (timm, torchvision, Hugging Face, Google .npz) on a data set: "
+                    "a new zero-initialised head; the weights' preprocessing applied; linear probe, staged or full.",
+        default_env=False,
+    )
+    parser.add_argument("--config", action=ActionConfigFile, help="YAML file(s) with data/train/finetune sections")
+    parser.add_argument("--pretrained", default=None, help="registry name (`vitlab weights`) or weights file")
+    parser.add_argument("--dataset", default=None, help="mnist, fashion_mnist, cifar10, cifar100 or imagefolder")
+    parser.add_argument("--mode", default=None, choices=["linear", "staged", "full"], help="what to train")
+    parser.add_argument("--run_dir", "--run-dir", default=None, help="where the run is written; never overwritten")
+    parser.add_argument("--resume", default=None, help="continue the run in this directory after a kill")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars or epoch lines")
+    parser.add_class_arguments(FinetuneConfig, "finetune")
+    parser.add_class_arguments(DataConfig, "data")
+    parser.add_class_arguments(TrainConfig, "train")
+    parser.set_defaults({**_flatten("data", {**asdict(DataConfig()), "dataset": "cifar10"}),
+                         **_flatten("train", asdict(FINETUNE_TRAIN_DEFAULTS))})
+    return parser
+
+
+def cmd_finetune(argv: list[str]) -> int:
+    from vitlab.training import train
+
+    args = finetune_parser().parse_args(argv)
+    if args.resume:
+        return _finish(train(RunConfig(), args.resume, resume=True, progress=not args.quiet))
+    ft = FinetuneConfig(**vars(args.finetune))
+    data = DataConfig(**{**vars(args.data), **({"mean": tuple(args.data.mean)} if args.data.mean else {}),
+                         **({"std": tuple(args.data.std)} if args.data.std else {})})
+    ft.pretrained = args.pretrained or ft.pretrained
+    ft.mode = args.mode or ft.mode
+    data.dataset = args.dataset or data.dataset
+    if not any(a.split("=")[0] == "--data.augment" for a in argv):  # a sensible default per data set and mode
+        data.augment = "none" if ft.mode == "linear" else FINETUNE_AUGMENT.get(data.dataset, "none")
+    cfg = RunConfig(data=data, train=TrainConfig(**{**vars(args.train), "betas": tuple(args.train.betas)}), finetune=ft)
+    run_dir = args.run_dir or f"runs/finetune-{data.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return _finish(train(cfg, run_dir, progress=not args.quiet))
+
+
+def _finish(result) -> int:
     final = result.final
     if final:
         print(f"done: {result.run_dir} | val acc {final['val_acc']:.4f} (best {result.best_val_acc:.4f}) after "
               f"{final['epoch']} epochs, {final['elapsed_s']:.0f}s")
+    return 0
+
+
+def cmd_weights(argv: list[str]) -> int:
+    from vitlab.pretrained import WEIGHTS
+    from vitlab.pretrained.registry import WEIGHT_ALIASES
+
+    ArgumentParser(prog="vitlab weights", description="List the registry of pretrained weights.").parse_args(argv)
+    for name, w in WEIGHTS.items():
+        aliases = [a for a, target in WEIGHT_ALIASES.items() if target == name]
+        top1 = (f"ImageNet top-1 {w.meta['top1']}%" if w.meta.get("top1") else
+                f"{w.config.num_classes}-class head" + ("" if w.config.num_classes != 1000 else ", top-1 not recorded"))
+        print(f"{name}{'  (also: ' + ', '.join(aliases) + ')' if aliases else ''}\n"
+              f"    {w.source_format} layout, {w.meta.get('params', 0):,} params, {top1}, pretrained on "
+              f"{w.meta.get('pretrain')}, {w.meta.get('license')}; source: {w.hf_repo or w.url}\n"
+              f"    preprocessing: resize {w.preprocessing.resize_size} ({w.preprocessing.interpolation}), crop "
+              f"{w.preprocessing.crop_size[0]}, mean {w.preprocessing.mean}, std {w.preprocessing.std}")
     return 0
 
 
@@ -115,7 +183,8 @@ def cmd_predict(argv: list[str]) -> int:
     from vitlab.predict import predict_files
 
     parser = ArgumentParser(prog="vitlab predict", description="Top-k classes for image files.")
-    parser.add_argument("checkpoint", help="a .safetensors checkpoint or a run directory (takes best)")
+    parser.add_argument("checkpoint", help="a checkpoint, a run directory (takes best), or pretrained weights "
+                                           "(a registry name or a weights file)")
     parser.add_argument("images", nargs="+", help="image files")
     parser.add_argument("--topk", type=int, default=5)
     parser.add_argument("--device", default="auto")
@@ -156,12 +225,15 @@ def cmd_presets(argv: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "info": cmd_info, "presets": cmd_presets}
+COMMANDS = {"train": cmd_train, "finetune": cmd_finetune, "weights": cmd_weights,
+            "eval": cmd_eval, "predict": cmd_predict, "info": cmd_info, "presets": cmd_presets}
 
 USAGE = """usage: vitlab COMMAND [options]
 
 commands:
   train     train a ViT from scratch (default: the MNIST preset); --resume RUN_DIR continues a run
+  finetune  fine-tune pretrained weights on a data set (linear probe, staged, full)
+  weights   list the registry of pretrained weights
   eval      accuracy, per-class accuracy and confusion matrix of a checkpoint
   predict   top-k classes for image files
   info      architecture, parameter count and FLOPs of a preset

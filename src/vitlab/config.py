@@ -52,7 +52,13 @@ class DataConfig:
     """Processes that decode image files (once, into the cache, or every epoch when streaming)."""
     max_cache_gib: float = 8.0
     """Image folders larger than this (decoded) stream from disk instead of the in-memory cache."""
-    """Loader processes for data that does not fit the in-memory tensor cache."""
+    mean: Optional[tuple[float, ...]] = None
+    """Normalisation mean per channel (default: the data set's own; fine-tuning: the weights')."""
+    std: Optional[tuple[float, ...]] = None
+    interpolation: Literal["bicubic", "bilinear"] = "bicubic"
+    """Resampling when images are resized to the model's img_size."""
+    crop_pct: float = 1.0
+    """Image folders: resize the shorter side to img_size / crop_pct, then center-crop (timm's crop_pct)."""
 
     def resolved_data_dir(self) -> Path:
         return Path(self.data_dir or default_data_dir()).expanduser()
@@ -88,22 +94,54 @@ class TrainConfig:
 
 
 @dataclass
+class FinetuneConfig:
+    """Start from pretrained weights: which ones, and what to train."""
+
+    pretrained: str = "vit_tiny_patch16_224.augreg_in21k_ft_in1k"
+    """A registry name (`vitlab weights`) or a weights file (timm, torchvision, Hugging Face, .npz, vitlab)."""
+    pretrained_file: Optional[str] = None
+    """Read the registry entry's weights from this local file instead of $VITLAB_WEIGHTS_DIR / a download."""
+    mode: Literal["linear", "staged", "full"] = "full"
+    """linear: frozen backbone, head only; staged: head only for head_epochs, then everything; full: everything."""
+    img_size: Optional[int] = None
+    """Fine-tune at another resolution (the position embedding is resampled); default the weights' own."""
+    head_epochs: int = 1
+    """staged: epochs with the backbone frozen before it is unfrozen."""
+    backbone_lr_scale: float = 0.1
+    """staged: the backbone's learning rate relative to --train.lr once it is unfrozen."""
+    layer_decay: float = 1.0
+    """Layer-wise learning-rate decay: block i trains at lr * layer_decay^(depth - i) (1: off)."""
+    drop_path_rate: float = 0.0
+    cache_features: bool = True
+    """linear without augmentation: run the frozen backbone once per image, then train the head on the features."""
+
+
+@dataclass
 class RunConfig:
-    """A whole training run: the model, the data and the schedule."""
+    """A whole training run: the model, the data and the schedule (and, when fine-tuning, the weights)."""
 
     model: ViTConfig = field(default_factory=lambda: ViTConfig(img_size=28, patch_size=4, in_chans=1, num_classes=10))
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    finetune: Optional[FinetuneConfig] = None
 
     def to_dict(self) -> dict:
-        return {"model": self.model.to_dict(), "data": asdict(self.data), "train": _plain(asdict(self.train))}
+        d = {"model": self.model.to_dict(), "data": _plain(asdict(self.data)), "train": _plain(asdict(self.train))}
+        if self.finetune is not None:
+            d["finetune"] = asdict(self.finetune)
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> RunConfig:
         train = dict(d.get("train", {}))
         if "betas" in train:
             train["betas"] = tuple(train["betas"])
-        return cls(model=ViTConfig(**d["model"]), data=DataConfig(**d.get("data", {})), train=TrainConfig(**train))
+        data = dict(d.get("data", {}))
+        for key in ("mean", "std"):
+            if data.get(key) is not None:
+                data[key] = tuple(data[key])
+        finetune = FinetuneConfig(**d["finetune"]) if d.get("finetune") else None
+        return cls(model=ViTConfig(**d["model"]), data=DataConfig(**data), train=TrainConfig(**train), finetune=finetune)
 
 
 def _plain(d: dict) -> dict:

@@ -57,7 +57,8 @@ def evaluate_checkpoint(checkpoint: str | Path, split: str = "val", data_dir: st
         cfg.data.path = data_path
     data = load_data(cfg.data, image_size=model.cfg.img_size, seed=cfg.train.seed)
     prep = info["preprocessing"]
-    preprocess = Preprocess(prep["mean"], prep["std"], model.cfg.in_chans, model.cfg.img_size)
+    preprocess = Preprocess(prep["mean"], prep["std"], model.cfg.in_chans, model.cfg.img_size,
+                            resize_mode=prep.get("interpolation", "bicubic"))
     result = evaluate(model, getattr(data, split), preprocess, batch_size, dev, num_classes=len(info["classes"]),
                       progress=True)
     return EvalReport(str(checkpoint), split, list(info["classes"]), result["loss"], result["acc"], result["confusion"])

@@ -7,12 +7,15 @@ from pathlib import Path
 import torch
 
 from vitlab.data import Preprocess
+from vitlab.data.datasets import resize_and_crop
 from vitlab.training.checkpoint import load_checkpoint
 from vitlab.training.trainer import resolve_device
 
 
-def load_image(path: str | Path, in_chans: int) -> torch.Tensor:
-    """Read an image file as uint8 (C, H, W) with the model's channel count."""
+def load_image(path: str | Path, in_chans: int, image_size: tuple[int, int] | None = None, crop_pct: float = 1.0,
+               interpolation: str = "bicubic") -> torch.Tensor:
+    """Read an image file as uint8 (C, H, W) with the model's channel count, resized and cropped
+    as the training data was (shorter side to ``image_size / crop_pct``, center crop)."""
     from PIL import Image, UnidentifiedImageError
     from torchvision.transforms.v2 import functional as TF
 
@@ -21,30 +24,47 @@ def load_image(path: str | Path, in_chans: int) -> torch.Tensor:
         raise FileNotFoundError(f"image {path} does not exist")
     try:
         with Image.open(path) as im:
-            return TF.pil_to_tensor(im.convert("L" if in_chans == 1 else "RGB"))
+            img = im.convert("L" if in_chans == 1 else "RGB")
+            if image_size is not None:
+                img = resize_and_crop(img, image_size, crop_pct, interpolation)
+            return TF.pil_to_tensor(img)
     except UnidentifiedImageError as exc:
         raise ValueError(f"{path} is not an image file PIL can read") from exc
 
 
-def resize_for_model(img: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
-    """Shorter side to the model's size (bicubic), then a center crop: the cache's own preprocessing."""
-    from torchvision.transforms.v2 import functional as TF
+def load_model(source: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
+    """A vitlab checkpoint or run directory, or pretrained weights (registry name or file), ready for inference.
 
-    if tuple(img.shape[1:]) == tuple(image_size):
-        return img
-    img = TF.resize(img, [min(image_size)], interpolation=TF.InterpolationMode.BICUBIC, antialias=True)
-    return TF.center_crop(img, list(image_size))
+    Returns the model and a description with at least ``classes`` and ``preprocessing``.
+    """
+    from vitlab.training.checkpoint import CheckpointError
+
+    try:
+        return load_checkpoint(source, device=device)
+    except CheckpointError as checkpoint_error:
+        from vitlab.pretrained import WeightsError, load_pretrained
+        from vitlab.pretrained.load import registry_entry_for
+
+        if not Path(source).exists() and registry_entry_for(str(source)) is None:
+            raise checkpoint_error
+        try:
+            model, pinfo = load_pretrained(source)
+        except WeightsError as exc:
+            raise CheckpointError(f"{source} is neither a vitlab checkpoint nor loadable weights: {exc}") from exc
+        return model.to(device).eval(), {"classes": pinfo.classes, "preprocessing": pinfo.preprocessing_dict(),
+                                         "pretrained": pinfo.name}
 
 
 @torch.no_grad()
 def predict_files(checkpoint: str | Path, images: list[str], topk: int = 5, device: str = "auto") -> list[dict]:
     """Top-k class names and probabilities for each image file."""
     dev = resolve_device(device)
-    model, info = load_checkpoint(checkpoint, device=dev)
+    model, info = load_model(checkpoint, device=dev)
     prep, classes = info["preprocessing"], info["classes"]
     size = tuple(model.cfg.img_size)
-    preprocess = Preprocess(prep["mean"], prep["std"], model.cfg.in_chans, size)
-    batch = torch.stack([resize_for_model(load_image(p, model.cfg.in_chans), size) for p in images])
+    preprocess = Preprocess(prep["mean"], prep["std"], model.cfg.in_chans, size, resize_mode=prep.get("interpolation", "bicubic"))
+    crop_pct, interpolation = prep.get("crop_pct", 1.0), prep.get("interpolation", "bicubic")
+    batch = torch.stack([load_image(p, model.cfg.in_chans, size, crop_pct, interpolation) for p in images])
     probs = model(preprocess(batch.to(dev))).softmax(-1).cpu()
     top = probs.topk(min(topk, probs.shape[1]), dim=1)
     return [

@@ -109,6 +109,8 @@ def load_data(cfg: DataConfig, image_size: tuple[int, int] | None = None, seed: 
         img, _ = sample.stream[0]
         channels, size = img.shape[0], tuple(img.shape[1:])
     mean, std = NORMALIZATION[name]
+    if cfg.mean is not None or cfg.std is not None:  # e.g. the pretrained weights' normalisation
+        mean, std = tuple(cfg.mean or mean), tuple(cfg.std or std)
     return ImageData(name, train, test, classes, mean, std, channels, size, notes)  # type: ignore[arg-type]
 
 
@@ -252,14 +254,33 @@ def _list_images(folder: Path, classes: list[str]) -> tuple[list[Path], list[int
     return files, labels
 
 
+def resize_and_crop(image, image_size: tuple[int, int], crop_pct: float = 1.0, interpolation: str = "bicubic"):
+    """Shorter side to ``min(image_size) / crop_pct``, then a center crop to ``image_size``.
+
+    Works on PIL images (resampled by PIL, as timm's and torchvision's eval transforms do) and
+    on uint8 tensors; returns the same kind.
+    """
+    from torchvision.transforms.v2 import functional as TF
+
+    size = image.size[::-1] if hasattr(image, "size") and not isinstance(image, torch.Tensor) else tuple(image.shape[-2:])
+    if tuple(size) == tuple(image_size) and crop_pct == 1.0:
+        return image
+    mode = TF.InterpolationMode.BICUBIC if interpolation == "bicubic" else TF.InterpolationMode.BILINEAR
+    image = TF.resize(image, [round(min(image_size) / crop_pct)], interpolation=mode, antialias=True)
+    return TF.center_crop(image, list(image_size))
+
+
 class FolderImages(Dataset):
     """Decodes image files to uint8 tensors (C, H, W), resized to ``image_size`` when given.
 
-    Resizing keeps the aspect ratio: the shorter side goes to the target, then a center crop.
+    Resizing keeps the aspect ratio: the shorter side goes to the target (over ``crop_pct``),
+    then a center crop.
     """
 
-    def __init__(self, files: list[Path], labels: list[int], image_size: tuple[int, int] | None, mode: str) -> None:
+    def __init__(self, files: list[Path], labels: list[int], image_size: tuple[int, int] | None, mode: str,
+                 crop_pct: float = 1.0, interpolation: str = "bicubic") -> None:
         self.files, self.labels, self.image_size, self.mode = files, labels, image_size, mode
+        self.crop_pct, self.interpolation = crop_pct, interpolation
 
     def __len__(self) -> int:
         return len(self.files)
@@ -269,11 +290,10 @@ class FolderImages(Dataset):
         from torchvision.transforms.v2 import functional as TF
 
         with Image.open(self.files[i]) as im:
-            img = TF.pil_to_tensor(im.convert(self.mode))
-        if self.image_size is not None and tuple(img.shape[1:]) != tuple(self.image_size):
-            img = TF.resize(img, [min(self.image_size)], interpolation=TF.InterpolationMode.BICUBIC, antialias=True)
-            img = TF.center_crop(img, list(self.image_size))
-        return img, self.labels[i]
+            img = im.convert(self.mode)
+            if self.image_size is not None:
+                img = resize_and_crop(img, self.image_size, self.crop_pct, self.interpolation)
+            return TF.pil_to_tensor(img), self.labels[i]
 
 
 def _folder_split(folder: Path, cfg: DataConfig, image_size, classes: list[str] | None = None) -> ImageSplit:
@@ -284,7 +304,7 @@ def _folder_split(folder: Path, cfg: DataConfig, image_size, classes: list[str] 
     with Image.open(files[0]) as first:
         mode = "L" if first.mode in ("L", "1", "I;16") else "RGB"
         size = image_size or (first.height, first.width)
-    dataset = FolderImages(files, labels, image_size, mode)
+    dataset = FolderImages(files, labels, image_size, mode, cfg.crop_pct, cfg.interpolation)
     channels = 1 if mode == "L" else 3
     nbytes = len(files) * channels * size[0] * size[1]
     if nbytes > cfg.max_cache_gib * 2**30:
@@ -298,7 +318,8 @@ def _cached_tensor(dataset: FolderImages, cfg: DataConfig, folder: Path, size) -
     from safetensors.torch import load_file, save_file
 
     fingerprint = hashlib.sha256(
-        json.dumps([str(folder.resolve()), list(size), dataset.mode, len(dataset.files),
+        json.dumps([str(folder.resolve()), list(size), dataset.mode, dataset.crop_pct, dataset.interpolation, "pil",
+                    len(dataset.files),
                     [(str(f.relative_to(folder)), f.stat().st_size, int(f.stat().st_mtime)) for f in dataset.files]])
         .encode()
     ).hexdigest()[:16]

@@ -2,34 +2,55 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
 from torch import nn
 
-from vitlab.config import TrainConfig
+from vitlab.config import FinetuneConfig, TrainConfig
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Two groups: decayed weights, and everything exempt from decay.
+def layer_id(name: str, depth: int) -> int:
+    """Depth of a parameter for layer-wise lr decay: embeddings 0, block i -> i + 1, final norm and head depth + 1."""
+    if name.startswith(("cls_token", "pos_embed", "patch_embed")):
+        return 0
+    if name.startswith("blocks."):
+        return int(name.split(".")[1]) + 1
+    return depth + 1
 
-    Exempt: 1-D parameters (LayerNorm weights, all biases) and the names the model lists in
-    ``no_weight_decay()`` (position embedding, CLS token).
+
+def param_groups(model: nn.Module, weight_decay: float, layer_decay: float = 1.0) -> list[dict]:
+    """Parameter groups: decayed weights, and everything exempt from decay, per layer.
+
+    Exempt from decay: 1-D parameters (LayerNorm weights, all biases) and the names the model
+    lists in ``no_weight_decay()`` (position embedding, CLS token). Each group carries
+    ``lr_scale`` (``layer_decay ** (depth + 1 - layer)``, 1 for the head) and ``is_head``.
     """
     skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
-    decay, no_decay = [], []
+    depth = len(getattr(model, "blocks", []))
+    groups: dict[tuple[int, bool, bool], dict] = {}
     for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        (no_decay if param.ndim <= 1 or name in skip else decay).append(param)
-    return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
+        layer = layer_id(name, depth) if layer_decay != 1.0 else 0
+        decayed = not (param.ndim <= 1 or name in skip)
+        is_head = name.startswith("head.")
+        key = (layer, decayed, is_head)
+        if key not in groups:
+            groups[key] = {"params": [], "weight_decay": weight_decay if decayed else 0.0,
+                           "lr_scale": layer_decay ** (depth + 1 - layer) if layer_decay != 1.0 else 1.0, "is_head": is_head}
+        groups[key]["params"].append(param)
+    return list(groups.values())
 
 
-def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    groups = param_groups(model, cfg.weight_decay)
+def build_optimizer(model: nn.Module, cfg: TrainConfig, ft: FinetuneConfig | None = None) -> torch.optim.Optimizer:
+    """AdamW (or Adam, SGD) over :func:`param_groups`; every group's lr is ``cfg.lr * lr_scale``.
+
+    Frozen parameters stay in the optimizer (a staged fine-tune unfreezes them later); they
+    get no gradient while frozen, so no update.
+    """
+    groups = param_groups(model, cfg.weight_decay, ft.layer_decay if ft is not None else 1.0)
+    for group in groups:
+        group["lr"] = cfg.lr * group["lr_scale"]
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)
     if cfg.optimizer == "adam":  # L2 penalty through the gradient (the classic, non-decoupled form)
@@ -49,11 +70,30 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str, min
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int):
-    """A per-step ``LambdaLR``: warm-up over ``warmup_epochs``, cosine down to ``min_lr``."""
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int,
+                    ft: FinetuneConfig | None = None):
+    """A per-step ``LambdaLR``: warm-up over ``warmup_epochs``, cosine down to ``min_lr``.
+
+    A staged fine-tune gives the backbone its own schedule: nothing during the head-only
+    epochs, then warm-up and cosine at ``backbone_lr_scale`` times the rate.
+    """
     total = cfg.epochs * steps_per_epoch
     warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
     min_ratio = cfg.min_lr / cfg.lr if cfg.lr > 0 else 0.0
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, total, warmup, cfg.schedule, min_ratio)
-    )
+    whole = functools.partial(_whole_run, total=total, warmup=warmup, schedule=cfg.schedule, min_ratio=min_ratio)
+    if ft is None or ft.mode != "staged":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, whole)
+    start = ft.head_epochs * steps_per_epoch
+    later = functools.partial(_after_start, start=start, scale=ft.backbone_lr_scale, total=total - start, warmup=warmup,
+                              schedule=cfg.schedule, min_ratio=min_ratio)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, [whole if g["is_head"] else later for g in optimizer.param_groups])
+
+
+def _whole_run(step: int, total: int, warmup: int, schedule: str, min_ratio: float) -> float:
+    return lr_factor(step, total, warmup, schedule, min_ratio)
+
+
+def _after_start(step: int, start: int, scale: float, total: int, warmup: int, schedule: str, min_ratio: float) -> float:
+    if step < start:
+        return 0.0
+    return scale * lr_factor(step - start, total, warmup, schedule, min_ratio)

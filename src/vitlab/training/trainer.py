@@ -11,7 +11,7 @@ import contextlib
 import copy
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ import torch.nn.functional as F
 import yaml
 from tqdm.auto import tqdm
 
-from vitlab.config import RunConfig
+from vitlab.config import FinetuneConfig, RunConfig, TrainConfig
 from vitlab.data import ImageData, ImageSplit, Preprocess, iterate_batches, load_data, num_batches
 from vitlab.model import ViT, count_flops
 from vitlab.training.checkpoint import (
@@ -56,10 +56,11 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return seed * 1_000_003 + epoch
 
 
-def preprocessing_info(data: ImageData, model_cfg) -> dict[str, Any]:
+def preprocessing_info(data: ImageData, cfg: RunConfig) -> dict[str, Any]:
     """What ``predict`` must do to a new image to match training."""
-    return {"mean": list(data.mean), "std": list(data.std), "image_size": list(model_cfg.img_size),
-            "in_chans": model_cfg.in_chans, "interpolation": "bicubic", "dataset": data.name}
+    return {"mean": list(data.mean), "std": list(data.std), "image_size": list(cfg.model.img_size),
+            "in_chans": cfg.model.in_chans, "interpolation": cfg.data.interpolation, "crop_pct": cfg.data.crop_pct,
+            "dataset": data.name}
 
 
 @torch.no_grad()
@@ -124,21 +125,31 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
     """
     run_dir = Path(run_dir)
     cfg = read_run_config(run_dir) if resume else copy.deepcopy(cfg)  # never change the caller's config
-    tc = cfg.train
+    tc, ft = cfg.train, cfg.finetune
     if tc.threads:
         torch.set_num_threads(tc.threads)
     device = resolve_device(tc.device)
+    model, notes = None, {}
+    if ft is not None and not resume:  # the architecture and preprocessing come from the weights
+        model, notes = start_from_pretrained(cfg)
     data = data or load_data(cfg.data, image_size=cfg.model.img_size, seed=tc.seed)
     cfg.model.num_classes = data.num_classes  # the head always matches the data
+    if model is not None:
+        notes["head"] = f"new zero-initialised head for {data.num_classes} classes"
+        model.reset_classifier(data.num_classes)
     prepare_run_dir(run_dir, cfg, resume)
 
-    torch.manual_seed(tc.seed)
-    model = ViT(cfg.model).to(device)
-    optimizer = build_optimizer(model, tc)
+    if model is None:
+        torch.manual_seed(tc.seed)
+        model = ViT(cfg.model)
+    model = model.to(device)
+    optimizer = build_optimizer(model, tc, ft)
     steps_per_epoch = num_batches(data.train, tc.batch_size)
-    scheduler = build_scheduler(optimizer, tc, steps_per_epoch)
-    preprocess = Preprocess(data.mean, data.std, cfg.model.in_chans, cfg.model.img_size, cfg.data.augment)
-    eval_preprocess = Preprocess(data.mean, data.std, cfg.model.in_chans, cfg.model.img_size)
+    scheduler = build_scheduler(optimizer, tc, steps_per_epoch, ft)
+    preprocess = Preprocess(data.mean, data.std, cfg.model.in_chans, cfg.model.img_size, cfg.data.augment,
+                            resize_mode=cfg.data.interpolation)
+    eval_preprocess = Preprocess(data.mean, data.std, cfg.model.in_chans, cfg.model.img_size,
+                                 resize_mode=cfg.data.interpolation)
 
     history: list[dict[str, Any]] = []
     best_acc, start_epoch = -1.0, 0
@@ -151,13 +162,25 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
     _write_metrics(run_dir, history)  # drops any line written after the saved state
 
     flops = count_flops(model)
-    info = {"classes": data.classes, "preprocessing": preprocessing_info(data, cfg.model),
-            "run_config": cfg.to_dict(), "data_notes": data.notes}
+    info = {"classes": data.classes, "preprocessing": preprocessing_info(data, cfg),
+            "run_config": cfg.to_dict(), "data_notes": {**data.notes, **notes}}
     if progress:
         where = f"resuming after epoch {start_epoch}" if start_epoch else "new run"
+        source = f" | from {ft.pretrained} ({ft.mode})" if ft is not None else ""
         tqdm.write(f"vitlab: {where} in {run_dir} | {data.name}: {len(data.train)} train / {len(data.val)} val "
                    f"images, {data.num_classes} classes | model {model.num_params():,} params, "
-                   f"{flops / 1e6:.1f} MFLOPs/image | device {device}")
+                   f"{flops / 1e6:.1f} MFLOPs/image | device {device}{source}")
+        for note in notes.values():
+            tqdm.write(f"  {note}")
+
+    # What one step trains: the whole model on images, or (linear probe, features cached) the head on features.
+    step_model, train_split, val_split = model, data.train, data.val
+    if uses_feature_cache(cfg):
+        train_split = extract_features(model, data.train, eval_preprocess, tc, device, progress, "train")
+        val_split = extract_features(model, data.val, eval_preprocess, tc, device, progress, "val")
+        step_model = model.head
+        preprocess = eval_preprocess = _features_as_input
+        steps_per_epoch = num_batches(train_split, tc.batch_size)
 
     started = time.perf_counter() - (history[-1]["elapsed_s"] if history else 0.0)
     for epoch in range(start_epoch, tc.epochs):
@@ -167,11 +190,13 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
         torch.manual_seed(seed)  # dropout and drop path
         order = torch.Generator().manual_seed(seed)
         augment_rng = torch.Generator().manual_seed(seed + 1)
-        model.train()
+        frozen = backbone_frozen(ft, epoch)
+        set_backbone_trainable(model, not frozen)
+        model.train(not frozen)  # a frozen backbone runs as at inference: no dropout, no drop path
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
         seen, epoch_start = 0, time.perf_counter()
-        bar = tqdm(iterate_batches(data.train, tc.batch_size, shuffle=True, generator=order,
+        bar = tqdm(iterate_batches(train_split, tc.batch_size, shuffle=True, generator=order,
                                    num_workers=cfg.data.num_workers),
                    total=steps_per_epoch, desc=f"epoch {epoch + 1}/{tc.epochs}", leave=False, disable=not progress,
                    dynamic_ncols=True)
@@ -179,7 +204,7 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
             x = preprocess(images.to(device, non_blocking=True), train=True, generator=augment_rng)
             y = labels.to(device, non_blocking=True)
             with autocast_context(device, tc.precision):
-                logits = model(x)
+                logits = step_model(x)
                 loss = F.cross_entropy(logits.float(), y, label_smoothing=tc.label_smoothing)
             if not torch.isfinite(loss):
                 raise FloatingPointError(
@@ -201,7 +226,7 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
                                 lr=f"{optimizer.param_groups[0]['lr']:.2e}", img_s=f"{rate:.0f}")
         bar.close()
         train_time = time.perf_counter() - epoch_start
-        val = evaluate(model, data.val, eval_preprocess, tc.eval_batch_size, device, tc.precision, data.num_classes)
+        val = evaluate(step_model, val_split, eval_preprocess, tc.eval_batch_size, device, tc.precision, data.num_classes)
         record = {
             "epoch": epoch + 1, "train_loss": loss_sum.item() / seen, "train_acc": correct.item() / seen,
             "val_loss": val["loss"], "val_acc": val["acc"], "lr": optimizer.param_groups[0]["lr"],
@@ -228,6 +253,58 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
                 f"{record['epoch_s']:.1f}s (total {record['elapsed_s']:.0f}s)"
             )
     return TrainResult(run_dir, history, best_acc)
+
+
+def start_from_pretrained(cfg: RunConfig) -> tuple[ViT, dict[str, str]]:
+    """Load ``cfg.finetune``'s weights; fill ``cfg.model`` and the data's preprocessing from them."""
+    from vitlab.pretrained import load_pretrained
+
+    ft = cfg.finetune
+    model, pinfo = load_pretrained(ft.pretrained, file=ft.pretrained_file, img_size=ft.img_size,
+                                   drop_path_rate=ft.drop_path_rate)
+    cfg.model = replace(model.cfg)
+    prep, data = pinfo.preprocessing, cfg.data
+    if data.mean is None and data.std is None:
+        data.mean, data.std = tuple(prep.mean), tuple(prep.std)
+    data.interpolation, data.crop_pct = prep.interpolation, round(prep.crop_pct, 4)
+    notes = {"pretrained": f"weights {pinfo.name} ({pinfo.source_format} layout) from {pinfo.file}"}
+    notes.update({f"change_{i}": change for i, change in enumerate(pinfo.changes)})
+    return model, notes
+
+
+def backbone_frozen(ft: FinetuneConfig | None, epoch: int) -> bool:
+    """Linear probe: always; staged: during the first ``head_epochs`` epochs."""
+    if ft is None:
+        return False
+    return ft.mode == "linear" or (ft.mode == "staged" and epoch < ft.head_epochs)
+
+
+def set_backbone_trainable(model: ViT, trainable: bool) -> None:
+    for name, param in model.named_parameters():
+        param.requires_grad_(trainable or name.startswith("head."))
+
+
+def uses_feature_cache(cfg: RunConfig) -> bool:
+    ft = cfg.finetune
+    return ft is not None and ft.mode == "linear" and ft.cache_features and cfg.data.augment == "none"
+
+
+def _features_as_input(x: torch.Tensor, train: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
+    return x
+
+
+@torch.no_grad()
+def extract_features(model: ViT, split: ImageSplit, preprocess: Preprocess, tc: TrainConfig, device: torch.device,
+                     progress: bool, name: str) -> ImageSplit:
+    """Pooled backbone features (N, D) of every image: a frozen backbone needs to see each image once."""
+    model.eval()
+    features = []
+    for images, _ in tqdm(iterate_batches(split, tc.eval_batch_size), total=num_batches(split, tc.eval_batch_size),
+                          desc=f"features ({name}, once)", leave=False, disable=not progress):
+        with autocast_context(device, tc.precision):
+            tokens = model.forward_features(preprocess(images.to(device, non_blocking=True)))
+            features.append(model.forward_head(tokens, pre_logits=True).float())
+    return ImageSplit(split.labels, images=torch.cat(features))
 
 
 def _write_metrics(run_dir: Path, history: list[dict[str, Any]]) -> None:

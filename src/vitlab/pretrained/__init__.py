@@ -1,0 +1,19 @@
+"""Pretrained weights: the registry, converters from four layouts, and loading into our ViT."""
+
+from vitlab.pretrained.convert import Converted, convert, detect_format, infer_config
+from vitlab.pretrained.load import PretrainedInfo, WeightsError, load_pretrained, read_weights_file
+from vitlab.pretrained.registry import (
+    WEIGHTS,
+    Preprocessing,
+    PretrainedWeights,
+    class_names,
+    get_weights,
+    list_weights,
+)
+from vitlab.pretrained.resample import resample_pos_embed
+
+__all__ = [
+    "WEIGHTS", "Converted", "Preprocessing", "PretrainedInfo", "PretrainedWeights", "WeightsError", "class_names",
+    "convert", "detect_format", "get_weights", "infer_config", "list_weights", "load_pretrained", "read_weights_file",
+    "resample_pos_embed",
+]
