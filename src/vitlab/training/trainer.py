@@ -223,13 +223,13 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
             if progress and (step % 20 == 0 or step == steps_per_epoch - 1):
                 rate = seen / max(1e-9, time.perf_counter() - epoch_start)
                 bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", acc=f"{correct.item() / seen:.4f}",
-                                lr=f"{optimizer.param_groups[0]['lr']:.2e}", img_s=f"{rate:.0f}")
+                                lr=f"{max(g['lr'] for g in optimizer.param_groups):.2e}", img_s=f"{rate:.0f}")
         bar.close()
         train_time = time.perf_counter() - epoch_start
         val = evaluate(step_model, val_split, eval_preprocess, tc.eval_batch_size, device, tc.precision, data.num_classes)
         record = {
             "epoch": epoch + 1, "train_loss": loss_sum.item() / seen, "train_acc": correct.item() / seen,
-            "val_loss": val["loss"], "val_acc": val["acc"], "lr": optimizer.param_groups[0]["lr"],
+            "val_loss": val["loss"], "val_acc": val["acc"], "lr": max(g["lr"] for g in optimizer.param_groups),
             "train_images_per_s": seen / train_time, "epoch_s": time.perf_counter() - epoch_start,
             "elapsed_s": time.perf_counter() - started,
         }
