@@ -10,6 +10,7 @@ or ``torch.load(weights_only=True)``; a pickle that needs more is refused.
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 from dataclasses import dataclass, field, replace
@@ -197,8 +198,6 @@ def load_pretrained(
     tensors, metadata = read_weights_file(path)
     vitlab_info = None
     if "vitlab" in metadata:  # one of our own checkpoints
-        import json
-
         vitlab_info = json.loads(metadata["vitlab"])
         converted = convert(tensors, "vitlab")
     else:
