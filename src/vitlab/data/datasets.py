@@ -262,7 +262,7 @@ def resize_and_crop(image, image_size: tuple[int, int], crop_pct: float = 1.0, i
     """
     from torchvision.transforms.v2 import functional as TF
 
-    size = image.size[::-1] if hasattr(image, "size") and not isinstance(image, torch.Tensor) else tuple(image.shape[-2:])
+    size = tuple(image.shape[-2:]) if isinstance(image, torch.Tensor) else image.size[::-1]  # PIL: (width, height)
     if tuple(size) == tuple(image_size) and crop_pct == 1.0:
         return image
     mode = TF.InterpolationMode.BICUBIC if interpolation == "bicubic" else TF.InterpolationMode.BILINEAR

@@ -80,17 +80,13 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_pe
     total = cfg.epochs * steps_per_epoch
     warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
     min_ratio = cfg.min_lr / cfg.lr if cfg.lr > 0 else 0.0
-    whole = functools.partial(_whole_run, total=total, warmup=warmup, schedule=cfg.schedule, min_ratio=min_ratio)
+    whole = functools.partial(lr_factor, total_steps=total, warmup_steps=warmup, schedule=cfg.schedule, min_ratio=min_ratio)
     if ft is None or ft.mode != "staged":
         return torch.optim.lr_scheduler.LambdaLR(optimizer, whole)
     start = ft.head_epochs * steps_per_epoch
     later = functools.partial(_after_start, start=start, scale=ft.backbone_lr_scale, total=total - start, warmup=warmup,
                               schedule=cfg.schedule, min_ratio=min_ratio)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, [whole if g["is_head"] else later for g in optimizer.param_groups])
-
-
-def _whole_run(step: int, total: int, warmup: int, schedule: str, min_ratio: float) -> float:
-    return lr_factor(step, total, warmup, schedule, min_ratio)
 
 
 def _after_start(step: int, start: int, scale: float, total: int, warmup: int, schedule: str, min_ratio: float) -> float:
