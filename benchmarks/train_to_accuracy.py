@@ -45,11 +45,13 @@ def main() -> int:
     parser.add_argument("--target", type=float, required=True, help="accuracy goal, e.g. 0.985")
     parser.add_argument("--budget-s", type=float, default=None, help="time goal in seconds")
     parser.add_argument("--tag", default=None, help="name of the results file (default: preset)")
+    parser.add_argument("--run-dir", type=Path, default=None,
+                        help="where the run goes (default: a fresh temporary folder); must not exist yet")
     parser.add_argument("extra", nargs="*", help="more `vitlab train` flags")
     args = parser.parse_args()
 
     name = args.tag or args.preset
-    run_dir = Path(tempfile.mkdtemp(prefix=f"vitlab-bench-{name}-")) / "run"
+    run_dir = args.run_dir or Path(tempfile.mkdtemp(prefix=f"vitlab-bench-{name}-")) / "run"
     preset = ["--preset", args.preset] if args.command == "train" else []
     command = ["vitlab", args.command, *preset, "--run_dir", str(run_dir), *args.extra]
     print("$", shlex.join(command), flush=True)

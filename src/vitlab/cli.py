@@ -100,7 +100,8 @@ def finetune_parser() -> ArgumentParser:
     )
     parser.add_argument("--config", action=ActionConfigFile, help="YAML file(s) with data/train/finetune sections")
     parser.add_argument("--pretrained", default=None, help="registry name (`vitlab weights`) or weights file")
-    parser.add_argument("--dataset", default=None, help="mnist, fashion_mnist, cifar10, cifar100 or imagefolder")
+    parser.add_argument("--dataset", default=None, help="mnist, fashion_mnist, cifar10, cifar100, imagefolder or hf:NAME "
+                                                         "(Hugging Face datasets: hf:user/name, hf:/saved/folder, hf:parquet)")
     parser.add_argument("--mode", default=None, choices=["linear", "staged", "full"], help="what to train")
     parser.add_argument("--run_dir", "--run-dir", default=None, help="where the run is written; never overwritten")
     parser.add_argument("--resume", default=None, help="continue the run in this directory after a kill")
@@ -128,7 +129,8 @@ def cmd_finetune(argv: list[str]) -> int:
     if not any(a.split("=")[0] == "--data.augment" for a in argv):  # a sensible default per data set and mode
         data.augment = "none" if ft.mode == "linear" else FINETUNE_AUGMENT.get(data.dataset, "none")
     cfg = RunConfig(data=data, train=TrainConfig(**{**vars(args.train), "betas": tuple(args.train.betas)}), finetune=ft)
-    run_dir = args.run_dir or f"runs/finetune-{data.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    slug = "".join(c if c.isalnum() or c in "._-" else "_" for c in data.dataset).strip("_.")[-48:]  # hf:user/name -> hf_user_name
+    run_dir = args.run_dir or f"runs/finetune-{slug}-{time.strftime('%Y%m%d-%H%M%S')}"
     return _finish(train(cfg, run_dir, progress=not args.quiet))
 
 

@@ -32,9 +32,9 @@ class DataConfig:
     """Which images to train on and how to feed them."""
 
     dataset: str = "mnist"
-    """mnist, fashion_mnist, cifar10, cifar100, or imagefolder (with ``path``)."""
+    """mnist, fashion_mnist, cifar10, cifar100, imagefolder (with ``path``), or hf:NAME (Hugging Face datasets, see README)."""
     path: Optional[str] = None
-    """For imagefolder: a folder with train/ and val/ sub-folders, or one folder of class folders."""
+    """imagefolder: a folder with train/ and val/ sub-folders, or one of class folders; hf:imagefolder/parquet: folder, file, glob."""
     data_dir: Optional[str] = None
     """Root holding the data sets (torchvision layout); default $VITLAB_DATA_DIR or ~/.cache/vitlab/data."""
     cache_dir: Optional[str] = None
@@ -58,7 +58,19 @@ class DataConfig:
     interpolation: Literal["bicubic", "bilinear"] = "bicubic"
     """Resampling when images are resized to the model's img_size."""
     crop_pct: float = 1.0
-    """Image folders: resize the shorter side to img_size / crop_pct, then center-crop (timm's crop_pct)."""
+    """Image folders and hf: sources: resize the shorter side to img_size / crop_pct, then center-crop (timm's crop_pct)."""
+    hf_config: Optional[str] = None
+    """hf: the data set's configuration (subset) name, for Hub data sets that have several."""
+    hf_revision: Optional[str] = None
+    """hf: the Hub branch, tag or commit to load (default: the main branch)."""
+    hf_train_split: Optional[str] = None
+    """hf: the split to train on (default: train, or the only split)."""
+    hf_val_split: Optional[str] = None
+    """hf: the split to validate on (default: validation/valid/val/dev/eval, else test, else a seeded part of train)."""
+    image_column: Optional[str] = None
+    """hf: the column holding the images (default: the first Image feature)."""
+    label_column: Optional[str] = None
+    """hf: the column holding the labels (default: the first ClassLabel feature, else an integer column named label)."""
 
     def resolved_data_dir(self) -> Path:
         return Path(self.data_dir or default_data_dir()).expanduser()

@@ -1,4 +1,4 @@
-"""Data sets as uint8 image tensors: MNIST, Fashion-MNIST, CIFAR-10/100 and image folders.
+"""Data sets as uint8 image tensors: MNIST, Fashion-MNIST, CIFAR-10/100, image folders and ``hf:`` sources.
 
 Every source ends up as an :class:`ImageSplit` — images (N, C, H, W) uint8 plus int64
 labels — held in memory, so an epoch never pays for decoding and batches are augmented
@@ -8,6 +8,7 @@ disk through a DataLoader instead, yielding the same uint8 batches.
 Reading never writes into a data root that already holds the files: torchvision's
 MNIST wants to extract its ``.gz`` files next to them, so they are linked into the cache
 first; a folder of PNG/JPEG files is decoded once into a tensor file in the cache.
+Hugging Face ``datasets`` (``hf:NAME``) are read by :mod:`vitlab.data.hf` into the same splits.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ NORMALIZATION: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "imagefolder": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),  # ImageNet statistics
 }
 DATASETS = tuple(NORMALIZATION)
+HF_PREFIX = "hf:"  # --data.dataset hf:NAME: a Hugging Face `datasets` source (vitlab.data.hf)
+GRAYSCALE_MODES = ("L", "1", "I;16")  # PIL modes decoded as one channel; anything else becomes RGB
 
 
 class DataNotFoundError(FileNotFoundError):
@@ -81,20 +84,28 @@ class ImageData:
 
 def load_data(cfg: DataConfig, image_size: tuple[int, int] | None = None, seed: int = 0,
               splits: tuple[str, ...] = ("train", "val")) -> ImageData:
-    """Load the data set named by ``cfg``; ``image_size`` is the decode size for image folders."""
+    """Load the data set named by ``cfg``; ``image_size`` is the decode size for image folders and hf: sources."""
     name = cfg.dataset.lower().replace("-", "_")
-    if name not in DATASETS:
-        raise ValueError(f"unknown dataset {cfg.dataset!r}; choose one of {list(DATASETS)} (imagefolder needs --data.path)")
-    if name in ("mnist", "fashion_mnist"):
+    notes: dict = {}
+    stats = None
+    if cfg.dataset.startswith(HF_PREFIX):
+        from vitlab.data.hf import load_hf  # `datasets` is imported only for hf: sources
+
+        name = cfg.dataset
+        train, test, classes, notes, stats = load_hf(cfg, image_size, splits, seed)
+    elif name not in DATASETS:
+        raise ValueError(f"unknown dataset {cfg.dataset!r}; choose one of {list(DATASETS)} (imagefolder needs --data.path) "
+                         "or hf:NAME (Hugging Face datasets)")
+    elif name in ("mnist", "fashion_mnist"):
         train, test, classes = _load_mnist_like(cfg, name, splits)
     elif name in ("cifar10", "cifar100"):
         train, test, classes = _load_cifar(cfg, name, splits)
     else:
         train, test, classes = _load_image_folder(cfg, image_size, splits)
 
-    notes: dict = {}
     if cfg.val_fraction > 0 and "train" in splits:
-        train, test, notes = _split_off_validation(train, cfg.val_fraction, seed)
+        train, test, split_notes = _split_off_validation(train, cfg.val_fraction, seed)
+        notes = {**notes, **split_notes}
     elif test is None:
         raise ValueError(f"{cfg.dataset} has no validation split; set --data.val_fraction (e.g. 0.1)")
     if cfg.train_subset is not None and train is not None:
@@ -108,7 +119,7 @@ def load_data(cfg: DataConfig, image_size: tuple[int, int] | None = None, seed: 
     else:
         img, _ = sample.stream[0]
         channels, size = img.shape[0], tuple(img.shape[1:])
-    mean, std = NORMALIZATION[name]
+    mean, std = stats or NORMALIZATION[name]
     if cfg.mean is not None or cfg.std is not None:  # e.g. the pretrained weights' normalisation
         mean, std = tuple(cfg.mean or mean), tuple(cfg.std or std)
     return ImageData(name, train, test, classes, mean, std, channels, size, notes)  # type: ignore[arg-type]
@@ -302,7 +313,7 @@ def _folder_split(folder: Path, cfg: DataConfig, image_size, classes: list[str] 
     from PIL import Image
 
     with Image.open(files[0]) as first:
-        mode = "L" if first.mode in ("L", "1", "I;16") else "RGB"
+        mode = "L" if first.mode in GRAYSCALE_MODES else "RGB"
         size = image_size or (first.height, first.width)
     dataset = FolderImages(files, labels, image_size, mode, cfg.crop_pct, cfg.interpolation)
     channels = 1 if mode == "L" else 3
@@ -315,8 +326,6 @@ def _folder_split(folder: Path, cfg: DataConfig, image_size, classes: list[str] 
 
 def _cached_tensor(dataset: FolderImages, cfg: DataConfig, folder: Path, size) -> torch.Tensor:
     """Decode every image once and keep the result as a safetensors file in the cache."""
-    from safetensors.torch import load_file, save_file
-
     fingerprint = hashlib.sha256(
         json.dumps([str(folder.resolve()), list(size), dataset.mode, dataset.crop_pct, dataset.interpolation, "pil",
                     len(dataset.files),
@@ -324,6 +333,14 @@ def _cached_tensor(dataset: FolderImages, cfg: DataConfig, folder: Path, size) -
         .encode()
     ).hexdigest()[:16]
     cache_file = cfg.resolved_cache_dir() / "tensors" / f"{folder.parent.name}-{folder.name}-{fingerprint}.safetensors"
+    channels = 1 if dataset.mode == "L" else 3
+    return _decode_once(dataset, cfg, cache_file, (channels, *size), f"decoding {folder} (once, cached)")
+
+
+def _decode_once(dataset: Dataset, cfg: DataConfig, cache_file: Path, shape: tuple[int, ...], desc: str) -> torch.Tensor:
+    """Read ``cache_file``, or decode every (image, label) of ``dataset`` into a uint8 tensor and write it there atomically."""
+    from safetensors.torch import load_file, save_file
+
     if cache_file.exists():
         try:
             return load_file(str(cache_file))["images"]
@@ -332,13 +349,16 @@ def _cached_tensor(dataset: FolderImages, cfg: DataConfig, folder: Path, size) -
     from tqdm.auto import tqdm
 
     loader = torch.utils.data.DataLoader(dataset, batch_size=256, num_workers=min(cfg.num_workers, os.cpu_count() or 1))
-    images = torch.empty((len(dataset), 1 if dataset.mode == "L" else 3, *size), dtype=torch.uint8)
+    images = torch.empty((len(dataset), *shape), dtype=torch.uint8)
     i = 0
-    for batch, _ in tqdm(loader, desc=f"decoding {folder} (once, cached)", unit="batch", leave=False):
+    for batch, _ in tqdm(loader, desc=desc, unit="batch", leave=False):
         images[i : i + len(batch)] = batch
         i += len(batch)
     cache_file.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache_file.with_suffix(f".tmp{os.getpid()}")
-    save_file({"images": images}, str(tmp))
-    os.replace(tmp, cache_file)  # atomic: a killed decode leaves no half-written cache
+    try:
+        save_file({"images": images}, str(tmp))
+        os.replace(tmp, cache_file)  # atomic: a killed decode leaves no half-written cache
+    finally:
+        tmp.unlink(missing_ok=True)
     return images
