@@ -1,4 +1,4 @@
-"""The ``vitlab`` command line: train, finetune, weights, eval, predict, info, presets.
+"""The ``vitlab`` command line: train, finetune, weights, eval, predict, attention, inspect, report, info, presets.
 
 Configuration comes in layers, later ones winning: the preset (``--preset``), YAML files
 (``--config FILE``), then single flags (``--train.epochs 3``, ``--model.depth 4``). Parsing
@@ -203,6 +203,88 @@ def cmd_predict(argv: list[str]) -> int:
     return 0
 
 
+def _source_help(what: str) -> str:
+    return f"{what}: a checkpoint, a run directory (takes best), or pretrained weights (a registry name or weights file)"
+
+
+def cmd_attention(argv: list[str]) -> int:
+    from vitlab.insight.explain import write_attention_overlays
+    from vitlab.predict import load_model
+    from vitlab.training.trainer import resolve_device
+
+    parser = ArgumentParser(prog="vitlab attention", description="Attention overlays: for each image a grid of the "
+                            "input, the attention rollout and the last layer's per-head maps, with the top-k prediction.")
+    parser.add_argument("model", help=_source_help("the model"))
+    parser.add_argument("images", nargs="+", help="image files")
+    parser.add_argument("--out", required=True, help="folder for the PNGs (created)")
+    parser.add_argument("--head_fusion", "--head-fusion", default="mean", choices=["mean", "max", "min"],
+                        help="how rollout combines the heads of a layer")
+    parser.add_argument("--discard_ratio", "--discard-ratio", type=float, default=0.0,
+                        help="fraction of the weakest attention weights dropped per layer before rollout")
+    parser.add_argument("--topk", type=int, default=3)
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args(argv)
+    model, info = load_model(args.model, device=resolve_device(args.device))
+    for item in write_attention_overlays(model, info, args.images, args.out, args.head_fusion, args.discard_ratio,
+                                         args.topk):
+        top = ", ".join(f"{c} {p:.2f}" for c, p in zip(item.classes, item.probs))
+        print(f"{item.image}: {top} -> {item.figure}")
+    return 0
+
+
+def cmd_inspect(argv: list[str]) -> int:
+    from vitlab.insight.explain import load_model_images, write_model_figures
+    from vitlab.predict import load_model
+    from vitlab.training.trainer import resolve_device
+
+    parser = ArgumentParser(prog="vitlab inspect", description="The ViT paper's figure 7 for a model: principal "
+                            "components of the patch-embedding filters, position-embedding similarity, and mean "
+                            "attention distance per head against depth.")
+    parser.add_argument("model", help=_source_help("the model"))
+    parser.add_argument("--out", required=True, help="folder for the PNGs (created)")
+    parser.add_argument("--images", nargs="*", default=[],
+                        help="image files for the attention distance (default for a checkpoint: validation images "
+                             "of its data set)")
+    parser.add_argument("--num_images", "--num-images", type=int, default=128,
+                        help="validation images used for the attention distance (the paper uses 128)")
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args(argv)
+    device = resolve_device(args.device)
+    model, info = load_model(args.model, device=device)
+    images = None
+    if args.images:
+        images = load_model_images(model, info, args.images)
+    elif "run_config" in info and args.num_images > 0:
+        from vitlab.evaluate import checkpoint_with_data
+        from vitlab.insight.run_figures import split_images
+
+        _, _, data, _ = checkpoint_with_data(args.model, device=device, whole_splits=False)
+        images = split_images(data.val, list(range(min(args.num_images, len(data.val)))))
+    name = info.get("pretrained") or Path(args.model).name
+    written = write_model_figures(model, info, args.out, images, name=name)
+    for figure, path in written.items():
+        print(f"{figure}: {path}")
+    if model.pos_embed is None:
+        print("position_similarity: skipped, the model has no position embedding")
+    if images is None:
+        print("attention_distance: skipped, pass --images FILE... to measure it")
+    return 0
+
+
+def cmd_report(argv: list[str]) -> int:
+    from vitlab.insight.report import build_report
+
+    parser = ArgumentParser(prog="vitlab report", description="One self-contained HTML page about a run (config, "
+                            "metrics, curves, confusion matrix, mistakes, attention); opens offline from disk.")
+    parser.add_argument("run_dir", help="a run directory written by vitlab train or vitlab finetune")
+    parser.add_argument("--out", default=None, help="HTML file to write (default RUN_DIR/report.html)")
+    parser.add_argument("--attention_images", "--attention-images", type=int, default=4,
+                        help="validation images shown with attention overlays")
+    args = parser.parse_args(argv)
+    print(f"written {build_report(args.run_dir, args.out, args.attention_images)}")
+    return 0
+
+
 def cmd_info(argv: list[str]) -> int:
     from vitlab.info import describe
 
@@ -228,7 +310,8 @@ def cmd_presets(argv: list[str]) -> int:
 
 
 COMMANDS = {"train": cmd_train, "finetune": cmd_finetune, "weights": cmd_weights,
-            "eval": cmd_eval, "predict": cmd_predict, "info": cmd_info, "presets": cmd_presets}
+            "eval": cmd_eval, "predict": cmd_predict, "attention": cmd_attention, "inspect": cmd_inspect,
+            "report": cmd_report, "info": cmd_info, "presets": cmd_presets}
 
 USAGE = """usage: vitlab COMMAND [options]
 
@@ -238,6 +321,9 @@ commands:
   weights   list the registry of pretrained weights
   eval      accuracy, per-class accuracy and confusion matrix of a checkpoint
   predict   top-k classes for image files
+  attention attention rollout and per-head maps over image files (PNG grids)
+  inspect   the ViT paper's figures for a model: filters, position similarity, attention distance
+  report    one self-contained HTML page about a run
   info      architecture, parameter count and FLOPs of a preset
   presets   list the training recipes and model presets
 

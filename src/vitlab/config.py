@@ -103,6 +103,8 @@ class TrainConfig:
     eval_batch_size: int = 512
     threads: Optional[int] = None
     """CPU threads for PyTorch (default: PyTorch's own choice)."""
+    tensorboard: bool = False
+    """Also log the epoch metrics to RUN_DIR/tensorboard (needs ``pip install tensorboard``)."""
 
 
 @dataclass

@@ -42,15 +42,16 @@ class EvalReport:
         return "\n".join(lines)
 
 
-def evaluate_checkpoint(checkpoint: str | Path, split: str = "val", data_dir: str | None = None,
-                        data_path: str | None = None, batch_size: int = 512, device: str = "auto") -> EvalReport:
-    """Evaluate on the data set the checkpoint was trained on (its run config names it)."""
-    dev = resolve_device(device)
-    model, info = load_checkpoint(checkpoint, device=dev)
+def checkpoint_with_data(checkpoint: str | Path, data_dir: str | None = None, data_path: str | None = None,
+                         device: torch.device | str = "cpu", whole_splits: bool = True):
+    """A checkpoint's model and metadata, the data it was trained on (its run config names it),
+    and the preprocessing that matches: ``(model, info, data, preprocess)``."""
+    model, info = load_checkpoint(checkpoint, device=device)
     if "run_config" not in info:
         raise ValueError(f"{checkpoint} does not say which data it was trained on (no run_config in its metadata)")
     cfg = RunConfig.from_dict(info["run_config"])
-    cfg.data.train_subset = cfg.data.val_subset = None  # always the whole split
+    if whole_splits:
+        cfg.data.train_subset = cfg.data.val_subset = None
     if data_dir:
         cfg.data.data_dir = data_dir
     if data_path:
@@ -59,6 +60,14 @@ def evaluate_checkpoint(checkpoint: str | Path, split: str = "val", data_dir: st
     prep = info["preprocessing"]
     preprocess = Preprocess(prep["mean"], prep["std"], model.cfg.in_chans, model.cfg.img_size,
                             resize_mode=prep.get("interpolation", "bicubic"))
+    return model, info, data, preprocess
+
+
+def evaluate_checkpoint(checkpoint: str | Path, split: str = "val", data_dir: str | None = None,
+                        data_path: str | None = None, batch_size: int = 512, device: str = "auto") -> EvalReport:
+    """Evaluate on the data set the checkpoint was trained on (the whole split)."""
+    dev = resolve_device(device)
+    model, info, data, preprocess = checkpoint_with_data(checkpoint, data_dir, data_path, dev)
     result = evaluate(model, getattr(data, split), preprocess, batch_size, dev, num_classes=len(info["classes"]),
                       progress=True)
     return EvalReport(str(checkpoint), split, list(info["classes"]), result["loss"], result["acc"], result["confusion"])

@@ -66,11 +66,12 @@ def preprocessing_info(data: ImageData, cfg: RunConfig) -> dict[str, Any]:
 @torch.no_grad()
 def evaluate(model: ViT, split: ImageSplit, preprocess: Preprocess, batch_size: int, device: torch.device,
              precision: str = "auto", num_classes: int | None = None, progress: bool = False) -> dict[str, Any]:
-    """Loss, accuracy and the confusion matrix (rows: true class, columns: predicted)."""
+    """Loss, accuracy, the confusion matrix (rows: true class, columns: predicted), and each image's
+    prediction and its probability (``predicted``, ``confidence``, in split order)."""
     model.eval()
     num_classes = num_classes or model.num_classes
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
-    total_loss, seen = 0.0, 0
+    total_loss, seen, predicted, confidence = 0.0, 0, [], []
     batches = iterate_batches(split, batch_size)
     for images, labels in tqdm(batches, total=num_batches(split, batch_size), desc="eval", leave=False,
                                disable=not progress):
@@ -80,10 +81,14 @@ def evaluate(model: ViT, split: ImageSplit, preprocess: Preprocess, batch_size: 
         logits, labels = logits.float().cpu(), labels.cpu()
         total_loss += F.cross_entropy(logits, labels, reduction="sum").item()
         seen += len(labels)
-        confusion += torch.bincount(labels * num_classes + logits.argmax(1), minlength=num_classes**2).view(
-            num_classes, num_classes)
+        probs, guess = logits.softmax(1).max(1)
+        predicted.append(guess)
+        confidence.append(probs)
+        confusion += torch.bincount(labels * num_classes + guess, minlength=num_classes**2).view(num_classes, num_classes)
     correct = confusion.diag().sum().item()
-    return {"loss": total_loss / max(1, seen), "acc": correct / max(1, seen), "confusion": confusion}
+    return {"loss": total_loss / max(1, seen), "acc": correct / max(1, seen), "confusion": confusion,
+            "predicted": torch.cat(predicted) if predicted else torch.zeros(0, dtype=torch.long),
+            "confidence": torch.cat(confidence) if confidence else torch.zeros(0)}
 
 
 @dataclass
@@ -183,6 +188,8 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
         steps_per_epoch = num_batches(train_split, tc.batch_size)
 
     started = time.perf_counter() - (history[-1]["elapsed_s"] if history else 0.0)
+    val = None
+    board = tensorboard_writer(run_dir) if tc.tensorboard else None
     for epoch in range(start_epoch, tc.epochs):
         if stop_after_epoch is not None and epoch >= stop_after_epoch:
             break
@@ -245,6 +252,11 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
             "epoch": epoch + 1, "history": history, "best_val_acc": best_acc,
         })
         _write_metrics(run_dir, history)
+        if board is not None:
+            for key, value in record.items():
+                if key != "epoch":
+                    board.add_scalar(key, value, epoch + 1)
+            board.flush()
         if progress:
             tqdm.write(
                 f"epoch {epoch + 1:>3}/{tc.epochs} | train loss {record['train_loss']:.4f} acc "
@@ -252,7 +264,26 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
                 f"{' *' if is_best else '  '} | {record['train_images_per_s']:.0f} img/s | "
                 f"{record['epoch_s']:.1f}s (total {record['elapsed_s']:.0f}s)"
             )
+    if history and history[-1]["epoch"] == tc.epochs:  # finished: draw the run's pictures
+        if val is None:  # resumed after the last epoch was saved
+            val = evaluate(step_model, val_split, eval_preprocess, tc.eval_batch_size, device, tc.precision,
+                           data.num_classes)
+        from vitlab.insight.run_figures import write_run_figures
+
+        write_run_figures(run_dir, history, data.classes, val, data.val, title=f"{data.name}: {run_dir.name}")
+    if board is not None:
+        board.close()
     return TrainResult(run_dir, history, best_acc)
+
+
+def tensorboard_writer(run_dir: Path):
+    """A SummaryWriter into ``RUN_DIR/tensorboard`` (``tensorboard --logdir runs`` shows every run)."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as exc:
+        raise ValueError("--train.tensorboard needs the tensorboard package: pip install \"vitlab[tensorboard]\" "
+                         "(or leave --train.tensorboard off; metrics.jsonl and figures/ have the same numbers)") from exc
+    return SummaryWriter(log_dir=str(run_dir / "tensorboard"))
 
 
 def start_from_pretrained(cfg: RunConfig) -> tuple[ViT, dict[str, str]]:
