@@ -1,4 +1,5 @@
-"""The ``vitlab`` command line: train, finetune, weights, eval, predict, attention, inspect, report, info, presets.
+"""The ``vitlab`` command line: train, finetune, weights, eval, predict, attention, inspect, report, export,
+info, presets.
 
 Configuration comes in layers, later ones winning: the preset (``--preset``), YAML files
 (``--config FILE``), then single flags (``--train.epochs 3``, ``--model.depth 4``). Parsing
@@ -285,6 +286,40 @@ def cmd_report(argv: list[str]) -> int:
     return 0
 
 
+def cmd_export(argv: list[str]) -> int:
+    from vitlab.export import FORMATS, SUFFIX, export_model, load_exported
+    from vitlab.predict import load_model
+
+    parser = ArgumentParser(prog="vitlab export", description="Export a model for deployment: ONNX, TorchScript or a "
+                            "torch.export program, with a dynamic batch size and a JSON sidecar (classes, preprocessing).")
+    parser.add_argument("model", help=_source_help("the model"))
+    parser.add_argument("--format", default="onnx", choices=list(FORMATS))
+    parser.add_argument("--out", default=None, help="file to write (default: beside a checkpoint, or ./NAME + suffix)")
+    parser.add_argument("--opset", type=int, default=18, help="ONNX opset")
+    parser.add_argument("--exporter", default="dynamo", choices=["dynamo", "torchscript"],
+                        help="ONNX exporter: torch.export-based (dynamo) or the older TorchScript-based one")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing file")
+    parser.add_argument("--no_check", "--no-check", action="store_true",
+                        help="skip running the exported model once against PyTorch")
+    args = parser.parse_args(argv)
+    model, info = load_model(args.model)
+    source = Path(args.model)
+    stem = source.stem if source.is_file() else (source.name if source.is_dir() else str(args.model).replace("/", "_"))
+    default_dir = source.parent if source.is_file() else (source if source.is_dir() else Path("."))
+    out = Path(args.out) if args.out else default_dir / f"{stem}{SUFFIX[args.format]}"
+    export_model(model, out, args.format, info, opset=args.opset, exporter=args.exporter, overwrite=args.overwrite)
+    message = f"written {out} (+ {out.name}.json)"
+    if not args.no_check:
+        import torch
+
+        x = torch.randn(3, model.cfg.in_chans, *model.cfg.img_size)
+        with torch.no_grad():
+            diff = (load_exported(out)(x) - model(x)).abs().max().item()
+        message += f"; checked on a batch of 3: max |difference| from PyTorch {diff:.2e}"
+    print(message)
+    return 0
+
+
 def cmd_info(argv: list[str]) -> int:
     from vitlab.info import describe
 
@@ -311,7 +346,7 @@ def cmd_presets(argv: list[str]) -> int:
 
 COMMANDS = {"train": cmd_train, "finetune": cmd_finetune, "weights": cmd_weights,
             "eval": cmd_eval, "predict": cmd_predict, "attention": cmd_attention, "inspect": cmd_inspect,
-            "report": cmd_report, "info": cmd_info, "presets": cmd_presets}
+            "report": cmd_report, "export": cmd_export, "info": cmd_info, "presets": cmd_presets}
 
 USAGE = """usage: vitlab COMMAND [options]
 
@@ -324,6 +359,7 @@ commands:
   attention attention rollout and per-head maps over image files (PNG grids)
   inspect   the ViT paper's figures for a model: filters, position similarity, attention distance
   report    one self-contained HTML page about a run
+  export    ONNX, TorchScript or torch.export program with a dynamic batch size
   info      architecture, parameter count and FLOPs of a preset
   presets   list the training recipes and model presets
 
