@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from dataclasses import asdict
@@ -137,7 +138,7 @@ def cmd_finetune(argv: list[str]) -> int:
 
 def _finish(result) -> int:
     final = result.final
-    if final:
+    if final and os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 reports
         print(f"done: {result.run_dir} | val acc {final['val_acc']:.4f} (best {result.best_val_acc:.4f}) after "
               f"{final['epoch']} epochs, {final['elapsed_s']:.0f}s")
     return 0

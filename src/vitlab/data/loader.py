@@ -15,22 +15,33 @@ def iterate_batches(
     shuffle: bool = False,
     generator: torch.Generator | None = None,
     num_workers: int = 0,
+    shard: tuple[int, int] | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Yield (uint8 images (B, C, H, W), int64 labels (B,)); the last batch may be smaller."""
+    """Yield (uint8 images (B, C, H, W), int64 labels (B,)); the last batch may be smaller.
+
+    ``shard=(rank, world_size)``: ``batch_size`` is the global batch and this process gets the
+    rank-th equal part of each one (data-parallel training). A last global batch too small to
+    give every process an image is dropped, so all processes take the same number of steps.
+    """
     n = len(split)
     order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+    batches = list(order.split(batch_size))
+    if shard is not None and shard[1] > 1:
+        rank, world = shard
+        batches = [chunk.tensor_split(world)[rank] for chunk in batches if len(chunk) >= world]
     if split.images is not None:
-        for start in range(0, n, batch_size):
-            index = order[start : start + batch_size]
+        for index in batches:
             yield split.images[index], split.labels[index]
         return
-    loader = torch.utils.data.DataLoader(
-        split.stream, batch_size=batch_size, sampler=order.tolist(), num_workers=num_workers,
-        persistent_workers=False,
-    )
+    if not batches:
+        return
+    loader = torch.utils.data.DataLoader(split.stream, batch_sampler=[b.tolist() for b in batches],
+                                         num_workers=num_workers, persistent_workers=False)
     for images, labels in loader:
         yield images, torch.as_tensor(labels, dtype=torch.long)
 
 
-def num_batches(split: ImageSplit, batch_size: int) -> int:
-    return (len(split) + batch_size - 1) // batch_size
+def num_batches(split: ImageSplit, batch_size: int, world_size: int = 1) -> int:
+    """Steps per epoch, as :func:`iterate_batches` makes them (``world_size`` processes sharing each batch)."""
+    full, rest = divmod(len(split), batch_size)
+    return full + (1 if rest >= world_size else 0)

@@ -29,6 +29,7 @@ from vitlab.training.checkpoint import (
     save_checkpoint,
     save_resume_state,
 )
+from vitlab.training.distributed import local_batch_size, setup_distributed
 from vitlab.training.optim import build_optimizer, build_scheduler
 
 CONFIG_FILE = "config.yaml"
@@ -126,14 +127,20 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
           stop_after_epoch: int | None = None, data: ImageData | None = None) -> TrainResult:
     """Train ``cfg`` into ``run_dir`` (or continue it with ``resume=True``).
 
-    ``stop_after_epoch`` ends the session early, as a kill after that epoch would.
+    ``stop_after_epoch`` ends the session early, as a kill after that epoch would. Started by
+    torchrun, every process runs this with its share of each batch (see
+    :mod:`vitlab.training.distributed`); rank 0 alone writes the run directory and prints.
     """
     run_dir = Path(run_dir)
     cfg = read_run_config(run_dir) if resume else copy.deepcopy(cfg)  # never change the caller's config
     tc, ft = cfg.train, cfg.finetune
     if tc.threads:
         torch.set_num_threads(tc.threads)
-    device = resolve_device(tc.device)
+    ctx = setup_distributed(tc.device)
+    device = torch.device("cuda", ctx.local_rank) if ctx.enabled and torch.cuda.is_available() and tc.device in (
+        "auto", "cuda") else resolve_device(tc.device)
+    progress = progress and ctx.is_main
+    local_batch_size(tc.batch_size, ctx)  # the global batch must split evenly
     model, notes = None, {}
     if ft is not None and not resume:  # the architecture and preprocessing come from the weights
         model, notes = start_from_pretrained(cfg)
@@ -142,14 +149,16 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
     if model is not None:
         notes["head"] = f"new zero-initialised head for {data.num_classes} classes"
         model.reset_classifier(data.num_classes)
-    prepare_run_dir(run_dir, cfg, resume)
+    if ctx.is_main:
+        prepare_run_dir(run_dir, cfg, resume)
+    ctx.barrier()
 
     if model is None:
         torch.manual_seed(tc.seed)
         model = ViT(cfg.model)
     model = model.to(device)
     optimizer = build_optimizer(model, tc, ft)
-    steps_per_epoch = num_batches(data.train, tc.batch_size)
+    steps_per_epoch = num_batches(data.train, tc.batch_size, ctx.world_size)
     scheduler = build_scheduler(optimizer, tc, steps_per_epoch, ft)
     preprocess = Preprocess(data.mean, data.std, cfg.model.in_chans, cfg.model.img_size, cfg.data.augment,
                             resize_mode=cfg.data.interpolation)
@@ -164,7 +173,8 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         history, best_acc, start_epoch = state["history"], state["best_val_acc"], state["epoch"]
-    _write_metrics(run_dir, history)  # drops any line written after the saved state
+    if ctx.is_main:
+        _write_metrics(run_dir, history)  # drops any line written after the saved state
 
     flops = count_flops(model)
     info = {"classes": data.classes, "preprocessing": preprocessing_info(data, cfg),
@@ -185,33 +195,38 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
         val_split = extract_features(model, data.val, eval_preprocess, tc, device, progress, "val")
         step_model = model.head
         preprocess = eval_preprocess = _features_as_input
-        steps_per_epoch = num_batches(train_split, tc.batch_size)
+        steps_per_epoch = num_batches(train_split, tc.batch_size, ctx.world_size)
 
     started = time.perf_counter() - (history[-1]["elapsed_s"] if history else 0.0)
     val = None
-    board = tensorboard_writer(run_dir) if tc.tensorboard else None
+    board = tensorboard_writer(run_dir) if tc.tensorboard and ctx.is_main else None
     for epoch in range(start_epoch, tc.epochs):
         if stop_after_epoch is not None and epoch >= stop_after_epoch:
             break
         seed = epoch_seed(tc.seed, epoch)
-        torch.manual_seed(seed)  # dropout and drop path
-        order = torch.Generator().manual_seed(seed)
-        augment_rng = torch.Generator().manual_seed(seed + 1)
+        torch.manual_seed(seed + 7919 * ctx.rank)  # dropout and drop path (own masks per process)
+        order = torch.Generator().manual_seed(seed)  # the same global order in every process
+        augment_rng = torch.Generator().manual_seed(seed + 1 + 7919 * ctx.rank)
         frozen = backbone_frozen(ft, epoch)
         set_backbone_trainable(model, not frozen)
         model.train(not frozen)  # a frozen backbone runs as at inference: no dropout, no drop path
+        runner = step_model
+        if ctx.enabled:  # wrapped per epoch: staged fine-tuning changes what is trainable
+            from torch.nn.parallel import DistributedDataParallel
+
+            runner = DistributedDataParallel(step_model, device_ids=[device.index] if device.type == "cuda" else None)
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
         seen, epoch_start = 0, time.perf_counter()
         bar = tqdm(iterate_batches(train_split, tc.batch_size, shuffle=True, generator=order,
-                                   num_workers=cfg.data.num_workers),
+                                   num_workers=cfg.data.num_workers, shard=(ctx.rank, ctx.world_size)),
                    total=steps_per_epoch, desc=f"epoch {epoch + 1}/{tc.epochs}", leave=False, disable=not progress,
                    dynamic_ncols=True)
         for step, (images, labels) in enumerate(bar):
             x = preprocess(images.to(device, non_blocking=True), train=True, generator=augment_rng)
             y = labels.to(device, non_blocking=True)
             with autocast_context(device, tc.precision):
-                logits = step_model(x)
+                logits = runner(x)
                 loss = F.cross_entropy(logits.float(), y, label_smoothing=tc.label_smoothing)
             if not torch.isfinite(loss):
                 raise FloatingPointError(
@@ -233,6 +248,9 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
                                 lr=f"{max(g['lr'] for g in optimizer.param_groups):.2e}", img_s=f"{rate:.0f}")
         bar.close()
         train_time = time.perf_counter() - epoch_start
+        if ctx.enabled:  # the epoch's numbers over all processes
+            loss_sum, correct, seen_all = ctx.all_sum(loss_sum, correct, torch.tensor(float(seen)))
+            seen = int(seen_all.item())
         val = evaluate(step_model, val_split, eval_preprocess, tc.eval_batch_size, device, tc.precision, data.num_classes)
         record = {
             "epoch": epoch + 1, "train_loss": loss_sum.item() / seen, "train_acc": correct.item() / seen,
@@ -243,6 +261,8 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
         history.append(record)
         is_best = record["val_acc"] > best_acc
         best_acc = max(best_acc, record["val_acc"])
+        if not ctx.is_main:
+            continue  # rank 0 alone writes the run directory
         ckpt_info = {**info, "epoch": epoch + 1, "metrics": record}
         save_checkpoint(run_dir / "last.safetensors", model, ckpt_info)
         if is_best:
@@ -264,7 +284,8 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
                 f"{' *' if is_best else '  '} | {record['train_images_per_s']:.0f} img/s | "
                 f"{record['epoch_s']:.1f}s (total {record['elapsed_s']:.0f}s)"
             )
-    if history and history[-1]["epoch"] == tc.epochs:  # finished: draw the run's pictures
+    ctx.barrier()
+    if ctx.is_main and history and history[-1]["epoch"] == tc.epochs:  # finished: draw the run's pictures
         if val is None:  # resumed after the last epoch was saved
             val = evaluate(step_model, val_split, eval_preprocess, tc.eval_batch_size, device, tc.precision,
                            data.num_classes)
@@ -273,6 +294,8 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
         write_run_figures(run_dir, history, data.classes, val, data.val, title=f"{data.name}: {run_dir.name}")
     if board is not None:
         board.close()
+    if ctx.enabled:
+        torch.distributed.destroy_process_group()
     return TrainResult(run_dir, history, best_acc)
 
 

@@ -1,0 +1,77 @@
+"""Data-parallel training through torchrun: 2 CPU processes (gloo) equal one process on the same batches."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from vitlab.data.datasets import ImageSplit
+from vitlab.data.loader import iterate_batches, num_batches
+from vitlab.training.distributed import Distributed, local_batch_size
+
+RUN = ["--data.dataset", "imagefolder", "--model.img_size", "16", "--model.patch_size", "4", "--model.in_chans", "3",
+       "--model.embed_dim", "32", "--model.depth", "2", "--model.num_heads", "2", "--data.num_workers", "0",
+       "--train.epochs", "2", "--train.batch_size", "32", "--train.threads", "1", "--quiet", "--data.augment", "none"]
+
+
+def test_shards_split_each_global_batch():
+    split = ImageSplit(torch.arange(70), images=torch.arange(70).view(70, 1, 1, 1).to(torch.uint8))
+    whole = [labels for _, labels in iterate_batches(split, 16, shuffle=True, generator=torch.Generator().manual_seed(3))]
+    parts = [[labels for _, labels in iterate_batches(split, 16, shuffle=True, generator=torch.Generator().manual_seed(3),
+                                                      shard=(rank, 3))] for rank in range(3)]
+    assert len(parts[0]) == len(parts[1]) == len(parts[2]) == num_batches(split, 16, 3) == 5  # last batch: 6 >= 3
+    for step, batch in enumerate(whole):
+        torch.testing.assert_close(torch.cat([p[step] for p in parts]), batch)
+    assert num_batches(ImageSplit(torch.arange(65)), 16, 2) == 4  # a last batch of 1 cannot feed 2 processes
+    with pytest.raises(ValueError, match="multiple of 3"):
+        local_batch_size(32, Distributed(0, 3))
+    assert local_batch_size(32, Distributed(1, 2)) == 16
+
+
+def _train(args: list[str], env: dict, processes: int = 1) -> subprocess.CompletedProcess:
+    if processes == 1:
+        command = [sys.executable, "-m", "vitlab.cli", "train", *args]
+    else:
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
+                   "-m", "vitlab.cli", "train", *args]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_two_processes_train_like_one(pattern_folder, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("WORLD_SIZE", None)
+    common = [*RUN, "--data.path", str(pattern_folder), "--model.drop_path_rate", "0"]
+    single = _train(["--run_dir", str(tmp_path / "single"), *common], env)
+    assert single.returncode == 0, single.stderr[-3000:]
+    pair = _train(["--run_dir", str(tmp_path / "ddp"), *common], env, processes=2)
+    assert pair.returncode == 0, pair.stderr[-3000:]
+    assert pair.stdout.count("done:") == 1  # rank 0 alone reports
+
+    one, two = load_file(str(tmp_path / "single" / "last.safetensors")), load_file(str(tmp_path / "ddp" / "last.safetensors"))
+    assert one.keys() == two.keys()
+    for key in one:  # 8 AdamW steps over 2 x 16 images each equal 8 steps over the same 32
+        torch.testing.assert_close(two[key], one[key], atol=2e-5, rtol=1e-4, msg=key)
+    h1 = [json.loads(line) for line in (tmp_path / "single" / "metrics.jsonl").read_text().splitlines()]
+    h2 = [json.loads(line) for line in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
+    assert len(h2) == 2  # written once, by rank 0
+    for a, b in zip(h1, h2):  # losses and accuracies reduced over both processes
+        assert b["train_loss"] == pytest.approx(a["train_loss"], abs=1e-5)
+        assert b["train_acc"] == pytest.approx(a["train_acc"])
+        assert b["val_acc"] == pytest.approx(a["val_acc"])
+    assert (tmp_path / "ddp" / "figures" / "curves.png").exists()
+
+
+def test_batch_that_does_not_split_is_a_clear_error(pattern_folder, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    args = ["--run_dir", str(tmp_path / "odd"), *RUN, "--data.path", str(pattern_folder), "--train.batch_size", "33"]
+    result = _train(args, env, processes=2)
+    assert result.returncode != 0
+    assert "multiple of 2" in result.stderr
+    assert not Path(tmp_path / "odd" / "metrics.jsonl").exists()
