@@ -235,8 +235,8 @@ def cmd_attention(argv: list[str]) -> int:
 
 
 def cmd_inspect(argv: list[str]) -> int:
-    from vitlab.insight.explain import load_model_images, write_model_figures
-    from vitlab.predict import load_model
+    from vitlab.insight.explain import write_model_figures
+    from vitlab.predict import load_model, load_model_images
     from vitlab.training.trainer import resolve_device
 
     parser = ArgumentParser(prog="vitlab inspect", description="The ViT paper's figure 7 for a model: principal "
@@ -257,10 +257,10 @@ def cmd_inspect(argv: list[str]) -> int:
     if args.images:
         images = load_model_images(model, info, args.images)
     elif "run_config" in info and args.num_images > 0:
-        from vitlab.evaluate import checkpoint_with_data
+        from vitlab.evaluate import training_data
         from vitlab.insight.run_figures import split_images
 
-        _, _, data, _ = checkpoint_with_data(args.model, device=device, whole_splits=False)
+        data = training_data(info, args.model, model.cfg.img_size, whole_splits=False)
         images = split_images(data.val, list(range(min(args.num_images, len(data.val)))))
     name = info.get("pretrained") or Path(args.model).name
     written = write_model_figures(model, info, args.out, images, name=name)

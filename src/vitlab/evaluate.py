@@ -10,7 +10,8 @@ from pathlib import Path
 import torch
 
 from vitlab.config import RunConfig
-from vitlab.data import Preprocess, load_data
+from vitlab.data import ImageData, load_data
+from vitlab.predict import model_preprocess
 from vitlab.training.checkpoint import load_checkpoint
 from vitlab.training.trainer import evaluate, resolve_device
 
@@ -42,13 +43,12 @@ class EvalReport:
         return "\n".join(lines)
 
 
-def checkpoint_with_data(checkpoint: str | Path, data_dir: str | None = None, data_path: str | None = None,
-                         device: torch.device | str = "cpu", whole_splits: bool = True):
-    """A checkpoint's model and metadata, the data it was trained on (its run config names it),
-    and the preprocessing that matches: ``(model, info, data, preprocess)``."""
-    model, info = load_checkpoint(checkpoint, device=device)
+def training_data(info: dict, source: str | Path, image_size, data_dir: str | None = None, data_path: str | None = None,
+                  whole_splits: bool = True) -> ImageData:
+    """The data a checkpoint was trained on, from the run config in its metadata ``info``
+    (``whole_splits``: ignore the run's train/val subsets)."""
     if "run_config" not in info:
-        raise ValueError(f"{checkpoint} does not say which data it was trained on (no run_config in its metadata)")
+        raise ValueError(f"{source} does not say which data it was trained on (no run_config in its metadata)")
     cfg = RunConfig.from_dict(info["run_config"])
     if whole_splits:
         cfg.data.train_subset = cfg.data.val_subset = None
@@ -56,11 +56,16 @@ def checkpoint_with_data(checkpoint: str | Path, data_dir: str | None = None, da
         cfg.data.data_dir = data_dir
     if data_path:
         cfg.data.path = data_path
-    data = load_data(cfg.data, image_size=model.cfg.img_size, seed=cfg.train.seed)
-    prep = info["preprocessing"]
-    preprocess = Preprocess(prep["mean"], prep["std"], model.cfg.in_chans, model.cfg.img_size,
-                            resize_mode=prep.get("interpolation", "bicubic"))
-    return model, info, data, preprocess
+    return load_data(cfg.data, image_size=image_size, seed=cfg.train.seed)
+
+
+def checkpoint_with_data(checkpoint: str | Path, data_dir: str | None = None, data_path: str | None = None,
+                         device: torch.device | str = "cpu", whole_splits: bool = True):
+    """A checkpoint's model and metadata, the data it was trained on (its run config names it),
+    and the preprocessing that matches: ``(model, info, data, preprocess)``."""
+    model, info = load_checkpoint(checkpoint, device=device)
+    data = training_data(info, checkpoint, model.cfg.img_size, data_dir, data_path, whole_splits)
+    return model, info, data, model_preprocess(model, info)
 
 
 def evaluate_checkpoint(checkpoint: str | Path, split: str = "val", data_dir: str | None = None,

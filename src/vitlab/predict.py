@@ -55,17 +55,28 @@ def load_model(source: str | Path, device: str | torch.device = "cpu") -> tuple[
                                          "pretrained": pinfo.name}
 
 
+def model_preprocess(model: torch.nn.Module, info: dict) -> Preprocess:
+    """The normalisation (and resize) ``info["preprocessing"]`` describes, for this model's input."""
+    prep = info["preprocessing"]
+    return Preprocess(prep["mean"], prep["std"], model.cfg.in_chans, tuple(model.cfg.img_size),
+                      resize_mode=prep.get("interpolation", "bicubic"))
+
+
+def load_model_images(model: torch.nn.Module, info: dict, paths: list[str | Path]) -> torch.Tensor:
+    """Image files as uint8 (B, C, H, W), resized and cropped as the model's data was."""
+    prep = info["preprocessing"]
+    return torch.stack([load_image(p, model.cfg.in_chans, tuple(model.cfg.img_size), prep.get("crop_pct", 1.0),
+                                   prep.get("interpolation", "bicubic")) for p in paths])
+
+
 @torch.no_grad()
 def predict_files(checkpoint: str | Path, images: list[str], topk: int = 5, device: str = "auto") -> list[dict]:
     """Top-k class names and probabilities for each image file."""
     dev = resolve_device(device)
     model, info = load_model(checkpoint, device=dev)
-    prep, classes = info["preprocessing"], info["classes"]
-    size = tuple(model.cfg.img_size)
-    preprocess = Preprocess(prep["mean"], prep["std"], model.cfg.in_chans, size, resize_mode=prep.get("interpolation", "bicubic"))
-    crop_pct, interpolation = prep.get("crop_pct", 1.0), prep.get("interpolation", "bicubic")
-    batch = torch.stack([load_image(p, model.cfg.in_chans, size, crop_pct, interpolation) for p in images])
-    probs = model(preprocess(batch.to(dev))).softmax(-1).cpu()
+    classes = info["classes"]
+    batch = load_model_images(model, info, images)
+    probs = model(model_preprocess(model, info)(batch.to(dev))).softmax(-1).cpu()
     top = probs.topk(min(topk, probs.shape[1]), dim=1)
     return [
         {"image": str(path), "classes": [classes[i] for i in idx.tolist()], "indices": idx.tolist(),

@@ -92,19 +92,14 @@ def token_map(matrix: torch.Tensor, grid_size: tuple[int, int], num_prefix_token
     return rows[..., num_prefix_tokens:].reshape(*rows.shape[:-1], *grid_size)
 
 
-def rollout_maps(model: ViT, images: torch.Tensor, head_fusion: HeadFusion = "mean", discard_ratio: float = 0.0
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits and attention-rollout maps (B, gh, gw) for a normalised image batch."""
+def rollout_and_heads(model: ViT, images: torch.Tensor, head_fusion: HeadFusion = "mean", discard_ratio: float = 0.0
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One forward pass of a normalised image batch: logits, attention-rollout maps (B, gh, gw)
+    and the last layer's read-out attention per head (B, heads, gh, gw)."""
     logits, maps = attention_maps(model, images)
-    rollout = attention_rollout(maps, head_fusion, discard_ratio, model.num_prefix_tokens)
-    return logits, token_map(rollout, model.cfg.grid_size, model.num_prefix_tokens)
-
-
-def last_layer_head_maps(model: ViT, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits and the last layer's read-out attention per head, (B, heads, gh, gw)."""
-    logits, maps = attention_maps(model, images, layers=[-1])
-    attention = next(iter(maps.values()))
-    return logits, token_map(attention, model.cfg.grid_size, model.num_prefix_tokens)
+    grid, prefix = model.cfg.grid_size, model.num_prefix_tokens
+    rollout = token_map(attention_rollout(maps, head_fusion, discard_ratio, prefix), grid, prefix)
+    return logits, rollout, token_map(maps[max(maps)], grid, prefix)
 
 
 def normalise_map(heat: torch.Tensor) -> torch.Tensor:

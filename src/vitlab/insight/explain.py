@@ -8,8 +8,7 @@ from pathlib import Path
 
 import torch
 
-from vitlab.data import Preprocess
-from vitlab.insight.attention import HeadFusion, attention_maps, attention_rollout, token_map
+from vitlab.insight.attention import HeadFusion, attention_maps, rollout_and_heads
 from vitlab.insight.figures import (
     mean_attention_distance,
     patch_filter_components,
@@ -20,6 +19,7 @@ from vitlab.insight.figures import (
 )
 from vitlab.insight.plots import plot_attention_grid, save_figure
 from vitlab.model import ViT
+from vitlab.predict import load_model_images, model_preprocess
 
 
 @dataclass
@@ -34,31 +34,13 @@ class Explained:
     heads: torch.Tensor = field(repr=False)
 
 
-def model_preprocess(model: ViT, info: dict) -> Preprocess:
-    prep = info["preprocessing"]
-    return Preprocess(prep["mean"], prep["std"], model.cfg.in_chans, tuple(model.cfg.img_size),
-                      resize_mode=prep.get("interpolation", "bicubic"))
-
-
-def load_model_images(model: ViT, info: dict, paths: list[str | Path]) -> torch.Tensor:
-    """Image files as uint8 (B, C, H, W), resized and cropped as the model's data was."""
-    from vitlab.predict import load_image
-
-    prep = info["preprocessing"]
-    return torch.stack([load_image(p, model.cfg.in_chans, tuple(model.cfg.img_size), prep.get("crop_pct", 1.0),
-                                   prep.get("interpolation", "bicubic")) for p in paths])
-
-
 @torch.no_grad()
 def explain_batch(model: ViT, info: dict, images: torch.Tensor, head_fusion: HeadFusion = "mean",
                   discard_ratio: float = 0.0, topk: int = 3) -> list[dict]:
     """Top-k predictions, rollout maps (gh, gw) and last-layer head maps (heads, gh, gw) of uint8 images."""
     device = next(model.parameters()).device
-    x = model_preprocess(model, info)(images.to(device))
-    logits, maps = attention_maps(model, x)
-    rollout = token_map(attention_rollout(maps, head_fusion, discard_ratio, model.num_prefix_tokens),
-                        model.cfg.grid_size, model.num_prefix_tokens)
-    heads = token_map(maps[len(model.blocks) - 1], model.cfg.grid_size, model.num_prefix_tokens)
+    logits, rollout, heads = rollout_and_heads(model, model_preprocess(model, info)(images.to(device)), head_fusion,
+                                               discard_ratio)
     probs = logits.float().softmax(-1).cpu()
     top = probs.topk(min(topk, probs.shape[1]), dim=1)
     classes = info["classes"]
