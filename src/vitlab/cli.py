@@ -19,6 +19,7 @@ from pathlib import Path
 import yaml
 from jsonargparse import ActionConfigFile, ArgumentParser
 
+from vitlab.baselines import ARCHITECTURES
 from vitlab.config import DataConfig, FinetuneConfig, RunConfig, TrainConfig
 from vitlab.model import ViTConfig
 from vitlab.presets import MODEL_ALIASES, MODEL_PRESETS, RUN_PRESETS, run_config
@@ -56,11 +57,14 @@ def train_parser(preset: str = DEFAULT_PRESET) -> ArgumentParser:
                         help="where the run is written (default runs/PRESET-TIMESTAMP); never overwritten")
     parser.add_argument("--resume", default=None, help="continue the run in this directory after a kill")
     parser.add_argument("--quiet", action="store_true", help="no progress bars or epoch lines")
+    parser.add_argument("--arch", default="vit", choices=list(ARCHITECTURES),
+                        help="vit, or a convolutional baseline trained the same way (cnn, resnet18); "
+                             "baselines take the input size, channels and classes from --model")
     parser.add_class_arguments(ViTConfig, "model")
     parser.add_class_arguments(DataConfig, "data")
     parser.add_class_arguments(TrainConfig, "train")
     base = run_config(preset)
-    defaults = {"preset": preset, **_flatten("model", base.model.to_dict()), **_flatten("data", asdict(base.data)),
+    defaults = {"preset": preset, "arch": base.arch, **_flatten("model", base.model.to_dict()), **_flatten("data", asdict(base.data)),
                 **_flatten("train", asdict(base.train))}
     parser.set_defaults(defaults)
     return parser
@@ -72,14 +76,14 @@ def cmd_train(argv: list[str]) -> int:
     parser = train_parser(_peek_preset(argv))
     args = parser.parse_args(argv)
     if args.resume:
-        settings = [a for a in argv if a.split("=")[0].startswith(("--model", "--data", "--train", "--config", "--preset"))]
+        settings = [a for a in argv if a.split("=")[0].startswith(("--model", "--data", "--train", "--config", "--preset", "--arch"))]
         if settings:
             raise ValueError(f"--resume continues a run with the configuration saved in {args.resume}/config.yaml; "
                              f"drop {settings} (or start a new run without --resume)")
         result = train(RunConfig(), args.resume, resume=True, progress=not args.quiet)
     else:
         cfg = RunConfig(
-            model=ViTConfig(**vars(args.model)), data=DataConfig(**vars(args.data)),
+            arch=args.arch, model=ViTConfig(**vars(args.model)), data=DataConfig(**vars(args.data)),
             train=TrainConfig(**{**vars(args.train), "betas": tuple(args.train.betas)}),
         )
         run_dir = args.run_dir or f"runs/{args.preset}-{time.strftime('%Y%m%d-%H%M%S')}"

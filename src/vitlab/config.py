@@ -138,9 +138,11 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     finetune: Optional[FinetuneConfig] = None
+    arch: str = "vit"
+    """vit, or a convolutional baseline trained the same way: cnn, resnet18 (see :mod:`vitlab.baselines`)."""
 
     def to_dict(self) -> dict:
-        d = {"model": self.model.to_dict(), "data": _plain(asdict(self.data)), "train": _plain(asdict(self.train))}
+        d = {"arch": self.arch, "model": self.model.to_dict(), "data": _plain(asdict(self.data)), "train": _plain(asdict(self.train))}
         if self.finetune is not None:
             d["finetune"] = asdict(self.finetune)
         return d
@@ -155,7 +157,8 @@ class RunConfig:
             if data.get(key) is not None:
                 data[key] = tuple(data[key])
         finetune = FinetuneConfig(**d["finetune"]) if d.get("finetune") else None
-        return cls(model=ViTConfig(**d["model"]), data=DataConfig(**data), train=TrainConfig(**train), finetune=finetune)
+        return cls(model=ViTConfig(**d["model"]), data=DataConfig(**data), train=TrainConfig(**train), finetune=finetune,
+                   arch=d.get("arch", "vit"))
 
 
 def _plain(d: dict) -> dict:

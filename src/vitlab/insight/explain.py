@@ -34,10 +34,18 @@ class Explained:
     heads: torch.Tensor = field(repr=False)
 
 
+def require_vit(model: torch.nn.Module) -> None:
+    if not isinstance(model, ViT):
+        raise ValueError(f"attention maps and the paper's figures need a ViT; this checkpoint holds a "
+                         f"{getattr(model, 'arch', type(model).__name__)} baseline (curves, confusion matrix and "
+                         "mistakes are in its run's figures/)")
+
+
 @torch.no_grad()
 def explain_batch(model: ViT, info: dict, images: torch.Tensor, head_fusion: HeadFusion = "mean",
                   discard_ratio: float = 0.0, topk: int = 3) -> list[dict]:
     """Top-k predictions, rollout maps (gh, gw) and last-layer head maps (heads, gh, gw) of uint8 images."""
+    require_vit(model)
     device = next(model.parameters()).device
     logits, rollout, heads = rollout_and_heads(model, model_preprocess(model, info)(images.to(device)), head_fusion,
                                                discard_ratio)
@@ -92,6 +100,7 @@ def write_model_figures(model: ViT, info: dict, out: str | Path, images: torch.T
     Position similarity needs a position embedding and attention distance needs ``images``
     (uint8, the model's size); a panel that cannot be drawn is left out. Returns {figure: file}.
     """
+    require_vit(model)
     out = Path(out)
     suffix = f"\n{name}" if name else ""
     written = {}

@@ -17,8 +17,9 @@ from pathlib import Path
 import torch
 import yaml
 
+from vitlab.baselines import model_arch, model_flops
 from vitlab.insight.run_figures import FIGURES_DIR, split_images, worst_mistakes, write_run_figures
-from vitlab.model import count_flops
+from vitlab.model import ViT
 
 REPORT_FILE = "report.html"
 CSS = """
@@ -98,7 +99,7 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, attention_i
                                                           evaluation["confidence"], 1)]
     picks += [m["index"] for m in mistakes[:1] if m["index"] not in picks]
     overlays = []
-    if picks:
+    if picks and isinstance(model, ViT):  # a CNN baseline has no attention to show
         images = split_images(data.val, picks)
         for index, image, result in zip(picks, images, explain_batch(model, info, images)):
             true = info["classes"][int(data.val.labels[index])]
@@ -114,9 +115,10 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, attention_i
     metrics = [
         ("data set", f"{data.name}: {len(data.train):,} train / {len(data.val):,} validation images, "
                      f"{data.num_classes} classes"),
-        ("model", f"{model.num_params():,} parameters, {count_flops(model) / 1e6:.1f} MFLOPs per image, "
-                  f"{model.cfg.depth} blocks, dim {model.cfg.embed_dim}, {model.cfg.num_heads} heads, "
-                  f"patch {model.cfg.patch_size[0]}x{model.cfg.patch_size[1]} on {model.cfg.img_size[0]}x{model.cfg.img_size[1]}"),
+        ("model", f"{model.num_params():,} parameters, {model_flops(model) / 1e6:.1f} MFLOPs per image, " + (
+            f"{model.cfg.depth} blocks, dim {model.cfg.embed_dim}, {model.cfg.num_heads} heads, "
+            f"patch {model.cfg.patch_size[0]}x{model.cfg.patch_size[1]}" if isinstance(model, ViT)
+            else f"convolutional baseline {model_arch(model)}") + f" on {model.cfg.img_size[0]}x{model.cfg.img_size[1]}"),
         ("final validation accuracy", f"{100 * final['val_acc']:.2f}% (epoch {final['epoch']})"),
         ("best validation accuracy", f"{100 * best['val_acc']:.2f}% (epoch {best['epoch']})"),
         ("final train accuracy", f"{100 * final['train_acc']:.2f}% (with augmentation and dropout)"),

@@ -20,6 +20,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from vitlab.baselines import build_model, model_arch
 from vitlab.model import ViT, ViTConfig
 
 FORMAT = "vitlab-checkpoint/1"
@@ -60,7 +61,7 @@ def atomic_write_text(path: Path, text: str) -> None:
 def save_checkpoint(path: str | Path, model: ViT, info: dict[str, Any]) -> Path:
     """Write ``path`` (.safetensors) and its ``.json`` sidecar; ``info`` must hold at least the classes."""
     path = Path(path).with_suffix(".safetensors")
-    meta = {"format": FORMAT, "model": model.cfg.to_dict(), **info, "versions": versions()}
+    meta = {"format": FORMAT, "arch": model_arch(model), "model": model.cfg.to_dict(), **info, "versions": versions()}
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"vitlab": json.dumps(meta)}))
     atomic_write_text(path.with_suffix(".json"), json.dumps(meta, indent=2) + "\n")
@@ -89,7 +90,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
     """Rebuild the model described by the checkpoint and load its weights (strictly)."""
     path = _checkpoint_path(path)
     info = read_checkpoint_info(path)
-    model = ViT(ViTConfig(**info["model"]))
+    model = build_model(ViTConfig(**info["model"]), info.get("arch", "vit"))
     try:
         state = load_file(str(path), device=str(device))
     except (SafetensorError, OSError) as exc:

@@ -20,9 +20,10 @@ import torch.nn.functional as F
 import yaml
 from tqdm.auto import tqdm
 
+from vitlab.baselines import build_model, model_flops
 from vitlab.config import FinetuneConfig, RunConfig, TrainConfig
 from vitlab.data import ImageData, ImageSplit, Preprocess, iterate_batches, load_data, num_batches
-from vitlab.model import ViT, count_flops
+from vitlab.model import ViT
 from vitlab.training.checkpoint import (
     atomic_write_text,
     load_resume_state,
@@ -134,6 +135,8 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
     run_dir = Path(run_dir)
     cfg = read_run_config(run_dir) if resume else copy.deepcopy(cfg)  # never change the caller's config
     tc, ft = cfg.train, cfg.finetune
+    if ft is not None and cfg.arch != "vit":
+        raise ValueError(f"fine-tuning starts from pretrained ViT weights; it cannot train --arch {cfg.arch}")
     if tc.threads:
         torch.set_num_threads(tc.threads)
     ctx = setup_distributed(tc.device)
@@ -155,7 +158,7 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
 
     if model is None:
         torch.manual_seed(tc.seed)
-        model = ViT(cfg.model)
+        model = build_model(cfg.model, cfg.arch)
     model = model.to(device)
     optimizer = build_optimizer(model, tc, ft)
     steps_per_epoch = num_batches(data.train, tc.batch_size, ctx.world_size)
@@ -176,8 +179,9 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
     if ctx.is_main:
         _write_metrics(run_dir, history)  # drops any line written after the saved state
 
-    flops = count_flops(model)
-    info = {"classes": data.classes, "preprocessing": preprocessing_info(data, cfg),
+    flops = model_flops(model)
+    info = {"classes": data.classes, "params": model.num_params(), "flops": flops,
+            "preprocessing": preprocessing_info(data, cfg),
             "run_config": cfg.to_dict(), "data_notes": {**data.notes, **notes}}
     if progress:
         where = f"resuming after epoch {start_epoch}" if start_epoch else "new run"
