@@ -1,5 +1,5 @@
 """The ``vitlab`` command line: train, finetune, weights, eval, predict, attention, inspect, report, export,
-info, presets.
+sweep, compare, info, presets.
 
 Configuration comes in layers, later ones winning: the preset (``--preset``), YAML files
 (``--config FILE``), then single flags (``--train.epochs 3``, ``--model.depth 4``). Parsing
@@ -325,6 +325,55 @@ def cmd_export(argv: list[str]) -> int:
     return 0
 
 
+def cmd_sweep(argv: list[str]) -> int:
+    import shlex
+
+    from vitlab.experiments import SweepSpec, plan_sweep, run_sweep
+    from vitlab.experiments.sweep import describe_plan
+
+    parser = ArgumentParser(prog="vitlab sweep", description="Train one run per configuration and seed of a sweep file "
+                            "(each `vitlab train` in its own process), then write results.csv, results.md and plots. "
+                            "Running it again skips finished trials and resumes interrupted ones.")
+    parser.add_argument("sweep_file", help="YAML: name, base (a `vitlab train --config` file), grid and/or points, seeds")
+    parser.add_argument("--out", default=None, help="output folder (default sweeps/NAME)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="trials at a time: each gets its own GPU (round-robin) or an equal share of the CPU cores")
+    parser.add_argument("--dry_run", "--dry-run", action="store_true", help="list the trials and their state; train nothing")
+    args = parser.parse_args(argv)
+    spec = SweepSpec.load(args.sweep_file)
+    out = Path(args.out or Path("sweeps") / spec.name)
+    if args.dry_run:
+        print(describe_plan(plan_sweep(spec, out), spec, out))
+        return 0
+    try:
+        failed = run_sweep(spec, out, args.workers, command=shlex.join(["vitlab", "sweep", *argv]))
+    except KeyboardInterrupt:
+        print("\ninterrupted: finished trials and epochs are kept; run the same command again to continue", file=sys.stderr)
+        return 130
+    return 1 if failed else 0
+
+
+def cmd_compare(argv: list[str]) -> int:
+    import shlex
+
+    from vitlab.experiments import compare_runs, write_results
+    from vitlab.experiments.summary import results_markdown
+
+    parser = ArgumentParser(prog="vitlab compare", description="Compare runs in one table: runs that differ only in "
+                            "the seed form one row (mean ± std), the columns are the settings that differ.")
+    parser.add_argument("run_dirs", nargs="+", help="run directories written by vitlab train")
+    parser.add_argument("--labels", nargs="+", default=None, help="a name for each run directory, in the same order")
+    parser.add_argument("--out", default=None, help="also write results.md, results.csv and accuracy_vs_time.png here")
+    args = parser.parse_args(argv)
+    results, keys = compare_runs(args.run_dirs, args.labels)
+    command = shlex.join(["vitlab", "compare", *argv])
+    print(results_markdown(results, keys, "compare", command))
+    if args.out:
+        written = write_results(args.out, results, keys, "compare", command, setting_plots=False)
+        print(f"written in {args.out}: {', '.join(p.name for p in written)}")
+    return 0
+
+
 def cmd_info(argv: list[str]) -> int:
     from vitlab.info import describe
 
@@ -351,7 +400,8 @@ def cmd_presets(argv: list[str]) -> int:
 
 COMMANDS = {"train": cmd_train, "finetune": cmd_finetune, "weights": cmd_weights,
             "eval": cmd_eval, "predict": cmd_predict, "attention": cmd_attention, "inspect": cmd_inspect,
-            "report": cmd_report, "export": cmd_export, "info": cmd_info, "presets": cmd_presets}
+            "report": cmd_report, "export": cmd_export, "sweep": cmd_sweep, "compare": cmd_compare, "info": cmd_info,
+            "presets": cmd_presets}
 
 USAGE = """usage: vitlab COMMAND [options]
 
@@ -365,6 +415,8 @@ commands:
   inspect   the ViT paper's figures for a model: filters, position similarity, attention distance
   report    one self-contained HTML page about a run
   export    ONNX, TorchScript or torch.export program with a dynamic batch size
+  sweep     train every configuration x seed of a sweep file; results table and plots (resumable)
+  compare   one table of hand-picked runs: the settings that differ, accuracy over seeds, cost
   info      architecture, parameter count and FLOPs of a preset
   presets   list the training recipes and model presets
 

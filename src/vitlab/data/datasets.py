@@ -13,6 +13,7 @@ Hugging Face ``datasets`` (``hf:NAME``) are read by :mod:`vitlab.data.hf` into t
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -21,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from filelock import FileLock
 from torch.utils.data import Dataset
 
 from vitlab.config import DATA_DIR_ENV, DataConfig
@@ -167,18 +169,22 @@ def _load_mnist_like(cfg: DataConfig, name: str, splits: tuple[str, ...]):
         for f in _MNIST_FILES:
             link = cached_raw / f"{f}.gz"
             if not link.exists():
-                link.symlink_to((raw / f"{f}.gz").resolve())
+                with contextlib.suppress(FileExistsError):  # another process (a parallel sweep trial) made it
+                    link.symlink_to((raw / f"{f}.gz").resolve())
         read_root, download = cache, True  # 'download' finds the files in place (md5-checked) and extracts
     elif cfg.download:
         read_root, download = root, True
     else:
         raise _missing(name, root, [str(raw / f) + "[.gz]" for f in _MNIST_FILES],
                        "Copy the four IDX files (torchvision layout) there.")
+    # parallel processes sharing the cache extract one at a time (FileLock comes with torch)
+    lock = FileLock(str(cache / f"{folder}.lock")) if read_root == cache else contextlib.nullcontext()
     try:
         out = {}
         for split in ("train", "val"):
             if split in splits:
-                ds = cls(str(read_root), train=split == "train", download=download)
+                with lock:
+                    ds = cls(str(read_root), train=split == "train", download=download)
                 out[split] = ImageSplit(ds.targets.long(), images=ds.data.unsqueeze(1).contiguous())
         classes = list(cls.classes)
     except (RuntimeError, OSError) as exc:  # no internet, or a corrupt file
