@@ -78,13 +78,7 @@ class SweepSpec:
     def load(cls, path: str | Path) -> SweepSpec:
         """Read and check a sweep file; every problem is a ValueError that names it."""
         path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"sweep file {path} does not exist")
-        try:
-            raw = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as exc:
-            raise ValueError(f"sweep file {path} is not valid YAML: {exc}") from None
-        return cls.from_dict(raw, path)
+        return cls.from_dict(_read_yaml(path, f"sweep file {path}"), path)
 
     @classmethod
     def from_dict(cls, raw: Any, path: Path) -> SweepSpec:
@@ -145,17 +139,21 @@ def cli_value(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
 
+def _read_yaml(file: Path, what: str) -> Any:
+    if not file.is_file():
+        raise FileNotFoundError(f"{what} does not exist")
+    try:
+        return yaml.safe_load(file.read_text())
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{what} is not valid YAML: {exc}") from None
+
+
 def _load_base(base: Any, sweep_file: Path) -> dict[str, Any]:
     where = f"sweep file {sweep_file}: base"
     if isinstance(base, str):  # the path of a `vitlab train --config` file, relative to the sweep file
         file = (sweep_file.parent / base) if not Path(base).is_absolute() else Path(base)
-        if not file.is_file():
-            raise FileNotFoundError(f"{where} names {file}, which does not exist")
-        try:
-            base = yaml.safe_load(file.read_text())
-        except yaml.YAMLError as exc:
-            raise ValueError(f"{where} file {file} is not valid YAML: {exc}") from None
         where = f"{where} file {file}"
+        base = _read_yaml(file, where)
     base = {} if base is None else base
     if not isinstance(base, dict):
         raise ValueError(f"{where} must be a mapping like a `vitlab train --config` file: preset, model, data, train, ...")
