@@ -18,6 +18,7 @@ import yaml
 from conftest import write_pattern_folder
 from vitlab.cli import main
 from vitlab.experiments import SweepConflictError, SweepSpec, plan_sweep
+from vitlab.experiments.summary import Group, has_line
 from vitlab.experiments.sweep import TrialRunner, stop_processes
 from vitlab.training import train
 
@@ -186,7 +187,7 @@ def test_sweep_trains_every_trial_and_writes_results(finished_sweep):
     config_rows = [line for line in table.splitlines() if line.startswith("| 4 ") or line.startswith("| 8 ")]
     assert len(config_rows) == 2 and all("±" in line and "(n=2)" in line for line in config_rows)
     assert "# sweep tiny\n\nPatch size on tiny patterns." in table and "torch" in table and f"--out {s.out}" in table
-    for plot in ("accuracy_vs_patch_size.png", "accuracy_vs_time.png"):
+    for plot in ("accuracy_vs_patch_size.png", "accuracy_vs_time.png", "accuracy_by_configuration.png"):
         assert (s.out / plot).read_bytes().startswith(PNG_MAGIC)
     assert table in s.output  # the table is printed too
     assert not (s.out / "logs" / "patch_size=8-seed0.log").exists()  # finished before: not trained again
@@ -240,3 +241,12 @@ def test_failing_trials_are_reported_and_the_sweep_goes_on(tmp_path):
     for log in sorted((tmp_path / "out" / "logs").iterdir()):
         assert "does not exist" in log.read_text() and f"FAILED {log.stem}" in output
     assert len(list((tmp_path / "out" / "logs").iterdir())) == 2 and "0 of 2 trials finished" in output
+
+
+def test_a_setting_that_never_changes_alone_gets_no_plot_of_its_own():
+    base = {"model.pool": "cls", "model.class_token": True, "model.depth": 4}
+    groups = [Group(base, "base", "base", []), Group({**base, "model.pool": "gap", "model.class_token": False}, None, "gap", []),
+              Group({**base, "model.depth": 2}, None, "depth=2", [])]
+    keys = list(base)
+    assert has_line(groups, "model.depth", keys)  # base and depth=2 differ in depth alone
+    assert not has_line(groups, "model.pool", keys) and not has_line(groups, "model.class_token", keys)

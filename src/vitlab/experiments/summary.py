@@ -258,18 +258,59 @@ def accuracy_vs_setting_figure(groups: list[Group], key: str, keys: list[str], t
     return fig
 
 
+def has_line(groups: list[Group], key: str, keys: list[str]) -> bool:
+    """Whether some configurations differ in ``key`` alone (else a plot against it would only scatter points)."""
+    return any(len(members) > 1 for members in _series(groups, key, keys).values())
+
+
 def accuracy_vs_time_figure(groups: list[Group], title: str = "") -> Figure:
     """Each configuration as a labelled point: mean train time against mean accuracy (± std over seeds)."""
-    fig = Figure(figsize=(6.4, 4.2), layout="constrained")
+    fig = Figure(figsize=(7.2, 4.6), layout="constrained")
     ax = fig.subplots()
+    times = [g.mean("train_time_s") for g in groups]
     for g in groups:
         x, y = g.mean("train_time_s"), 100 * g.mean("final_acc")
         ax.errorbar([x], [y], xerr=[g.std("train_time_s")], yerr=[100 * g.std("final_acc")], marker="o", capsize=3)
-        ax.annotate(g.name, (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
+        ax.annotate(g.name, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=7)
+    if min(times) > 0 and max(times) / min(times) >= 10:  # spread the cheap runs out
+        ax.set_xscale("log")
     ax.set_xlabel("train time (s)")
     ax.set_ylabel("validation accuracy (%)")
     ax.set_title(f"{title}: accuracy vs train time" if title else "accuracy vs train time", fontsize=10)
     ax.grid(alpha=0.3)
+    return fig
+
+
+def ablation_figure(groups: list[Group], title: str = "") -> Figure:
+    """One bar per configuration, in sweep order: accuracy (mean ± std over seeds) next to its train time.
+
+    The first configuration is the reference (a dashed line), which reads as an ablation table
+    when the others change one setting each."""
+    names = [g.name for g in groups]
+    acc = [100 * g.mean("final_acc") for g in groups]
+    err = [100 * g.std("final_acc") for g in groups]
+    times = [g.mean("train_time_s") for g in groups]
+    fig = Figure(figsize=(9.0, 0.8 + 0.32 * len(groups)), layout="constrained")
+    left, right = fig.subplots(1, 2, sharey=True, width_ratios=[3, 1.4])
+    ys = list(range(len(groups)))
+    colors = ["tab:gray" if i == 0 else ("tab:green" if a >= acc[0] else "tab:red") for i, a in enumerate(acc)]
+    left.barh(ys, acc, xerr=err, color=colors, alpha=0.75, capsize=3)
+    left.axvline(acc[0], color="black", linestyle="--", linewidth=0.8)
+    low = max(0.0, min(a - e for a, e in zip(acc, err)) - 2)
+    left.set_xlim(low, max(a + e for a, e in zip(acc, err)) + 0.12 * (100 - low))
+    for y, a, e in zip(ys, acc, err):  # the value right of its error bar
+        left.annotate(f"{a:.2f}", (a + e, y), xytext=(4, 0), textcoords="offset points", fontsize=7, va="center")
+    left.set_yticks(ys, names, fontsize=8)
+    left.invert_yaxis()
+    left.set_xlabel("validation accuracy (%), mean ± std over seeds")
+    right.barh(ys, times, color="tab:blue", alpha=0.6)
+    if min(times) > 0 and max(times) / min(times) >= 10:
+        right.set_xscale("log")
+    right.set_xlabel("train time (s)")
+    for ax in (left, right):
+        ax.grid(axis="x", alpha=0.3)
+    fig.suptitle(f"{title}: every configuration against the first" if title else "every configuration against the first",
+                 fontsize=10)
     return fig
 
 
@@ -285,7 +326,10 @@ def write_results(out: str | Path, results: list[RunResult], keys: list[str], ti
     groups = group_results(results, keys)
     if setting_plots:
         for key in keys:
+            if len(groups) > 1 and not has_line(groups, key, keys):
+                continue
             name = short_names(keys)[key].replace(".", "_")
             written.append(save_figure(accuracy_vs_setting_figure(groups, key, keys, title), out / f"accuracy_vs_{name}.png"))
     written.append(save_figure(accuracy_vs_time_figure(groups, title), out / "accuracy_vs_time.png"))
+    written.append(save_figure(ablation_figure(groups, title), out / "accuracy_by_configuration.png"))
     return written
