@@ -82,10 +82,7 @@ def cmd_train(argv: list[str]) -> int:
                              f"drop {settings} (or start a new run without --resume)")
         result = train(RunConfig(), args.resume, resume=True, progress=not args.quiet)
     else:
-        cfg = RunConfig(
-            arch=args.arch, model=ViTConfig(**vars(args.model)), data=DataConfig(**vars(args.data)),
-            train=TrainConfig(**{**vars(args.train), "betas": tuple(args.train.betas)}),
-        )
+        cfg = RunConfig.from_dict(args.as_dict())  # the same way `vitlab sweep` resolves a trial
         run_dir = args.run_dir or f"runs/{args.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
         result = train(cfg, run_dir, progress=not args.quiet)
     return _finish(result)
