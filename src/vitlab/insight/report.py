@@ -112,13 +112,14 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, attention_i
     final = history[-1]
     cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").exists() else info.get(
         "run_config", {})
+    c = model.cfg
+    architecture = (f"{c.depth} blocks, dim {c.embed_dim}, {c.num_heads} heads, patch {c.patch_size[0]}x{c.patch_size[1]}"
+                    if isinstance(model, ViT) else f"convolutional baseline {model_arch(model)}")
     metrics = [
         ("data set", f"{data.name}: {len(data.train):,} train / {len(data.val):,} validation images, "
                      f"{data.num_classes} classes"),
-        ("model", f"{model.num_params():,} parameters, {model_flops(model) / 1e6:.1f} MFLOPs per image, " + (
-            f"{model.cfg.depth} blocks, dim {model.cfg.embed_dim}, {model.cfg.num_heads} heads, "
-            f"patch {model.cfg.patch_size[0]}x{model.cfg.patch_size[1]}" if isinstance(model, ViT)
-            else f"convolutional baseline {model_arch(model)}") + f" on {model.cfg.img_size[0]}x{model.cfg.img_size[1]}"),
+        ("model", f"{model.num_params():,} parameters, {model_flops(model) / 1e6:.1f} MFLOPs per image, "
+                  f"{architecture} on {model.cfg.img_size[0]}x{model.cfg.img_size[1]}"),
         ("final validation accuracy", f"{100 * final['val_acc']:.2f}% (epoch {final['epoch']})"),
         ("best validation accuracy", f"{100 * best['val_acc']:.2f}% (epoch {best['epoch']})"),
         ("final train accuracy", f"{100 * final['train_acc']:.2f}% (with augmentation and dropout)"),
