@@ -5,6 +5,8 @@ writes `benchmarks/results/<preset>-<machine>.json` plus a line in `benchmarks/r
 table format to stdout. Example:
 
     python benchmarks/train_to_accuracy.py --preset mnist --target 0.985 --budget-s 300
+    python benchmarks/train_to_accuracy.py --preset mnist_long --target 0.995 --run-dir runs/long   # killed? then
+    python benchmarks/train_to_accuracy.py --preset mnist_long --target 0.995 --run-dir runs/long --resume
     python benchmarks/train_to_accuracy.py --command finetune --tag imagenette-ti16 --target 0.97 --budget-s 600 \
         -- --pretrained vit_tiny --dataset imagefolder --data.path $VITLAB_DATA_DIR/imagenette-mini --mode linear
 """
@@ -47,19 +49,34 @@ def main() -> int:
     parser.add_argument("--tag", default=None, help="name of the results file (default: preset)")
     parser.add_argument("--run-dir", type=Path, default=None,
                         help="where the run goes (default: a fresh temporary folder); must not exist yet")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the interrupted run in --run-dir; its wall time is then the training time of "
+                             "all finished epochs plus this start-up (the epoch cut short by the kill is not counted)")
     parser.add_argument("extra", nargs="*", help="more `vitlab train` flags")
     args = parser.parse_args()
 
     name = args.tag or args.preset
     run_dir = args.run_dir or Path(tempfile.mkdtemp(prefix=f"vitlab-bench-{name}-")) / "run"
+    if args.resume and args.run_dir is None:
+        parser.error("--resume needs the --run-dir of the interrupted run")
     preset = ["--preset", args.preset] if args.command == "train" else []
     command = ["vitlab", args.command, *preset, "--run_dir", str(run_dir), *args.extra]
-    print("$", shlex.join(command), flush=True)
+    metrics = run_dir / "metrics.jsonl"
+    done_s = 0.0
+    if args.resume:
+        finished = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.exists() else []
+        done_s = finished[-1]["elapsed_s"] if finished else 0.0
+        run = ["vitlab", args.command, "--resume", str(run_dir)]
+    else:
+        run = command
+    print("$", shlex.join(run), flush=True)
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "vitlab.cli", *command[1:]], check=True)
+    subprocess.run([sys.executable, "-m", "vitlab.cli", *run[1:]], check=True)
     wall = time.perf_counter() - start
-    history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    history = [json.loads(line) for line in metrics.read_text().splitlines()]
     final = history[-1]
+    if args.resume:  # the finished epochs of earlier sessions, plus this session's start-up and epochs
+        wall += done_s
     reached = next((h for h in history if h["val_acc"] >= args.target), None)
     result = {
         "preset": args.preset if args.command == "train" else None,
@@ -78,6 +95,8 @@ def main() -> int:
         "machine": machine(),
         "date": time.strftime("%Y-%m-%d"),
     }
+    if args.resume:
+        result["resumed_after_s"] = round(done_s, 1)
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"{name}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")

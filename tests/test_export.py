@@ -90,3 +90,18 @@ def test_onnx_of_the_converted_pretrained_vit_tiny(tmp_path):
     session = load_exported(out)
     assert max_difference(session, model, 2) <= 1e-4
     assert json.loads(Path(f"{out}.json").read_text())["classes"][0] == pinfo.classes[0]
+
+
+def test_onnx_of_a_cnn_baseline_checkpoint(pattern_folder, tmp_path, capsys):
+    """`--arch cnn` checkpoints export like ViT ones (the sidecar's arch picks the model)."""
+    run_dir = tmp_path / "cnn"
+    argv = ["train", "--arch", "cnn", "--run_dir", str(run_dir), "--data.path", str(pattern_folder), *RUN]
+    argv[argv.index("--train.epochs") + 1] = "1"
+    assert main(argv) == 0
+    out = tmp_path / "cnn.onnx"
+    assert main(["export", str(run_dir / "best.safetensors"), "--format", "onnx", "--out", str(out)]) == 0
+    model, info = load_checkpoint(run_dir / "best.safetensors")
+    assert info["arch"] == "cnn" and type(model).__name__ == "SmallCNN"
+    session = load_exported(out)
+    for batch in (1, 4):
+        assert max_difference(session, model, batch, seed=batch) <= 1e-4

@@ -96,6 +96,11 @@ class TrainConfig:
     label_smoothing: float = 0.0
     grad_clip: float = 1.0
     """Clip the global gradient norm to this value (0: off)."""
+    ema_decay: float = 0.0
+    """Keep an exponential moving average of the weights with this decay per step (0: off; e.g. 0.9995);
+    when on, validation, the best/last checkpoints and the metrics use the averaged weights."""
+    compile: bool = False
+    """Run the training step through ``torch.compile`` (slower start, faster steps; needs a C++ compiler on CPU)."""
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     """auto: bf16 autocast on CUDA, fp32 on CPU."""
     device: str = "auto"

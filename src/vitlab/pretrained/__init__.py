@@ -1,7 +1,13 @@
 """Pretrained weights: the registry, converters from four layouts, and loading into our ViT."""
 
 from vitlab.pretrained.convert import Converted, convert, detect_format, infer_config
-from vitlab.pretrained.load import PretrainedInfo, WeightsError, load_pretrained, read_weights_file
+from vitlab.pretrained.load import (
+    PretrainedInfo,
+    WeightsError,
+    find_weights_file,
+    load_pretrained,
+    read_weights_file,
+)
 from vitlab.pretrained.registry import (
     WEIGHTS,
     Preprocessing,
@@ -14,6 +20,6 @@ from vitlab.pretrained.resample import resample_pos_embed
 
 __all__ = [
     "WEIGHTS", "Converted", "Preprocessing", "PretrainedInfo", "PretrainedWeights", "WeightsError", "class_names",
-    "convert", "detect_format", "get_weights", "infer_config", "list_weights", "load_pretrained", "read_weights_file",
-    "resample_pos_embed",
+    "convert", "detect_format", "find_weights_file", "get_weights", "infer_config", "list_weights", "load_pretrained",
+    "read_weights_file", "resample_pos_embed",
 ]

@@ -31,6 +31,7 @@ from vitlab.training.checkpoint import (
     save_resume_state,
 )
 from vitlab.training.distributed import local_batch_size, setup_distributed
+from vitlab.training.ema import weight_ema
 from vitlab.training.optim import build_optimizer, build_scheduler
 
 CONFIG_FILE = "config.yaml"
@@ -161,6 +162,7 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
         model = build_model(cfg.model, cfg.arch)
     model = model.to(device)
     optimizer = build_optimizer(model, tc, ft)
+    ema = weight_ema(model, tc.ema_decay) if tc.ema_decay else None
     steps_per_epoch = num_batches(data.train, tc.batch_size, ctx.world_size)
     scheduler = build_scheduler(optimizer, tc, steps_per_epoch, ft)
     preprocess = Preprocess(data.mean, data.std, cfg.model.in_chans, cfg.model.img_size, cfg.data.augment,
@@ -176,6 +178,10 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         history, best_acc, start_epoch = state["history"], state["best_val_acc"], state["epoch"]
+        if ema is not None:
+            if "ema" not in state:
+                raise ValueError(f"cannot resume {run_dir} with --train.ema_decay: its saved state has no weight average")
+            ema.load_state_dict(state["ema"])
     if ctx.is_main:
         _write_metrics(run_dir, history)  # drops any line written after the saved state
 
@@ -193,17 +199,21 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
             tqdm.write(f"  {note}")
 
     # What one step trains: the whole model on images, or (linear probe, features cached) the head on features.
+    # What is validated and saved: the model, or the moving average of its weights.
     step_model, train_split, val_split = model, data.train, data.val
+    saved_model = ema.module if ema is not None else model
+    eval_model = saved_model
     if uses_feature_cache(cfg):
         train_split = extract_features(model, data.train, eval_preprocess, tc, device, progress, "train")
         val_split = extract_features(model, data.val, eval_preprocess, tc, device, progress, "val")
-        step_model = model.head
+        step_model, eval_model = model.head, saved_model.head
         preprocess = eval_preprocess = _features_as_input
         steps_per_epoch = num_batches(train_split, tc.batch_size, ctx.world_size)
 
     started = time.perf_counter() - (history[-1]["elapsed_s"] if history else 0.0)
     val = None
     board = tensorboard_writer(run_dir) if tc.tensorboard and ctx.is_main else None
+    compiled = torch.compile(step_model) if tc.compile and not ctx.enabled else None
     for epoch in range(start_epoch, tc.epochs):
         if stop_after_epoch is not None and epoch >= stop_after_epoch:
             break
@@ -214,11 +224,13 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
         frozen = backbone_frozen(ft, epoch)
         set_backbone_trainable(model, not frozen)
         model.train(not frozen)  # a frozen backbone runs as at inference: no dropout, no drop path
-        runner = step_model
+        runner = compiled if compiled is not None else step_model
         if ctx.enabled:  # wrapped per epoch: staged fine-tuning changes what is trainable
             from torch.nn.parallel import DistributedDataParallel
 
             runner = DistributedDataParallel(step_model, device_ids=[device.index] if device.type == "cuda" else None)
+            if tc.compile:
+                runner = torch.compile(runner)
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
         seen, epoch_start = 0, time.perf_counter()
@@ -243,6 +255,8 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
                 torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
             optimizer.step()
             scheduler.step()
+            if ema is not None:
+                ema.update_parameters(model)
             loss_sum += loss.detach() * len(y)
             correct += (logits.argmax(1) == y).sum()
             seen += len(y)
@@ -255,7 +269,7 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
         if ctx.enabled:  # the epoch's numbers over all processes
             loss_sum, correct, seen_all = ctx.all_sum(loss_sum, correct, torch.tensor(float(seen)))
             seen = int(seen_all.item())
-        val = evaluate(step_model, val_split, eval_preprocess, tc.eval_batch_size, device, tc.precision, data.num_classes)
+        val = evaluate(eval_model, val_split, eval_preprocess, tc.eval_batch_size, device, tc.precision, data.num_classes)
         record = {
             "epoch": epoch + 1, "train_loss": loss_sum.item() / seen, "train_acc": correct.item() / seen,
             "val_loss": val["loss"], "val_acc": val["acc"], "lr": max(g["lr"] for g in optimizer.param_groups),
@@ -268,13 +282,16 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
         if not ctx.is_main:
             continue  # rank 0 alone writes the run directory
         ckpt_info = {**info, "epoch": epoch + 1, "metrics": record}
-        save_checkpoint(run_dir / "last.safetensors", model, ckpt_info)
+        save_checkpoint(run_dir / "last.safetensors", saved_model, ckpt_info)
         if is_best:
-            save_checkpoint(run_dir / "best.safetensors", model, ckpt_info)
-        save_resume_state(run_dir, {
+            save_checkpoint(run_dir / "best.safetensors", saved_model, ckpt_info)
+        resume_state = {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "epoch": epoch + 1, "history": history, "best_val_acc": best_acc,
-        })
+        }
+        if ema is not None:
+            resume_state["ema"] = ema.state_dict()
+        save_resume_state(run_dir, resume_state)
         _write_metrics(run_dir, history)
         if board is not None:
             for key, value in record.items():
@@ -291,7 +308,7 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
     ctx.barrier()
     if ctx.is_main and history and history[-1]["epoch"] == tc.epochs:  # finished: draw the run's pictures
         if val is None:  # resumed after the last epoch was saved
-            val = evaluate(step_model, val_split, eval_preprocess, tc.eval_batch_size, device, tc.precision,
+            val = evaluate(eval_model, val_split, eval_preprocess, tc.eval_batch_size, device, tc.precision,
                            data.num_classes)
         from vitlab.insight.run_figures import write_run_figures
 

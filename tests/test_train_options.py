@@ -1,0 +1,73 @@
+"""Training options: the moving average of the weights (--train.ema_decay) and --train.compile."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from test_training import tiny_run
+from vitlab.config import RunConfig
+from vitlab.training import load_checkpoint, train
+from vitlab.training.ema import ema_decay_at, weight_ema
+
+
+def test_ema_follows_the_documented_update_rule():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 2), nn.BatchNorm1d(2))
+    ema = weight_ema(model, decay=0.9)
+    expected = [p.detach().clone() for p in model.parameters()]  # the first update copies the weights
+    ema.update_parameters(model)
+    for step in range(1, 40):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p))
+        d = ema_decay_at(0.9, step)
+        expected = [d * e + (1 - d) * p.detach() for e, p in zip(expected, model.parameters())]
+        ema.update_parameters(model)
+    for e, a in zip(expected, ema.module.parameters()):
+        torch.testing.assert_close(a, e)
+    assert ema_decay_at(0.9, 0) == pytest.approx(0.1) and ema_decay_at(0.9, 1000) == 0.9  # warm-up, then the decay
+    assert int(ema.module[1].num_batches_tracked) == int(model[1].num_batches_tracked)  # integer buffers copied
+    assert not any(p is q for p, q in zip(ema.module.parameters(), model.parameters()))  # a copy, not the model
+
+
+@pytest.mark.parametrize("decay", [-0.5, 1.0])
+def test_ema_decay_out_of_range_is_refused(decay):
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        weight_ema(nn.Linear(2, 2), decay)
+
+
+def test_a_run_with_ema_saves_the_average_and_resumes_exactly(pattern_folder, tmp_path):
+    cfg = tiny_run(pattern_folder, epochs=3, ema_decay=0.9)
+    full = train(cfg, tmp_path / "full", progress=False)
+    plain = train(tiny_run(pattern_folder, epochs=3), tmp_path / "plain", progress=False)
+    saved, _ = load_checkpoint(tmp_path / "full" / "last.safetensors")
+    state = torch.load(tmp_path / "full" / "resume.pt", weights_only=True)
+    averaged = {k.removeprefix("module."): v for k, v in state["ema"].items() if k.startswith("module.")}
+    for name, value in saved.state_dict().items():  # the checkpoint is the average, not the trained weights
+        assert torch.equal(value, averaged[name]), name
+    assert any(not torch.equal(v, state["model"][k]) for k, v in averaged.items())
+    # the trained weights themselves are those of the same run without EMA: EMA only watches
+    for name, value in state["model"].items():
+        assert torch.equal(value, torch.load(tmp_path / "plain" / "resume.pt", weights_only=True)["model"][name])
+    assert [h["train_loss"] for h in full.history] == [h["train_loss"] for h in plain.history]
+
+    train(cfg, tmp_path / "cut", progress=False, stop_after_epoch=1)
+    resumed = train(RunConfig(), tmp_path / "cut", resume=True, progress=False)
+    again, _ = load_checkpoint(tmp_path / "cut" / "last.safetensors")
+    for (name, p), q in zip(saved.state_dict().items(), again.state_dict().values()):
+        assert torch.equal(p, q), name
+    assert [h["val_acc"] for h in full.history] == [h["val_acc"] for h in resumed.history]
+
+
+def test_compiled_training_step_matches_eager(pattern_folder, tmp_path):
+    """--train.compile changes how the step runs, not what it computes (dropout off: same random numbers)."""
+    def run(name, **extra):
+        cfg = tiny_run(pattern_folder, epochs=1, **extra)
+        cfg.model.drop_rate = cfg.model.drop_path_rate = 0.0
+        return train(cfg, tmp_path / name, progress=False).history[0]
+
+    eager, compiled = run("eager"), run("compiled", compile=True)
+    assert compiled["train_loss"] == pytest.approx(eager["train_loss"], rel=1e-4)
+    assert compiled["val_loss"] == pytest.approx(eager["val_loss"], rel=1e-4)
