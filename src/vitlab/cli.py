@@ -14,10 +14,11 @@ import os
 import sys
 import time
 from dataclasses import asdict
+from functools import cache
 from pathlib import Path
 
 import yaml
-from jsonargparse import ActionConfigFile, ArgumentParser
+from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 
 from vitlab.baselines import ARCHITECTURES
 from vitlab.config import DataConfig, FinetuneConfig, RunConfig, TrainConfig
@@ -70,11 +71,26 @@ def train_parser(preset: str = DEFAULT_PRESET) -> ArgumentParser:
     return parser
 
 
+@cache
+def _strict_train_parser(preset: str) -> ArgumentParser:
+    parser = train_parser(preset)
+    parser.exit_on_error = False  # raise instead of printing usage and exiting
+    return parser
+
+
+def parse_train_flags(argv: list[str], strict: bool = False) -> tuple[Namespace, RunConfig]:
+    """The parsed ``vitlab train`` flags and the run configuration they describe (preset defaults,
+    then ``--config`` files, then single flags). ``strict``: raise ``ArgumentError`` on a bad flag
+    instead of exiting (what ``vitlab sweep`` uses to check every trial before any trains)."""
+    preset = _peek_preset(argv)
+    args = (_strict_train_parser(preset) if strict else train_parser(preset)).parse_args(argv)
+    return args, RunConfig.from_dict(args.as_dict())
+
+
 def cmd_train(argv: list[str]) -> int:
     from vitlab.training import train
 
-    parser = train_parser(_peek_preset(argv))
-    args = parser.parse_args(argv)
+    args, cfg = parse_train_flags(argv)
     if args.resume:
         settings = [a for a in argv if a.split("=")[0].startswith(("--model", "--data", "--train", "--config", "--preset", "--arch"))]
         if settings:
@@ -82,7 +98,6 @@ def cmd_train(argv: list[str]) -> int:
                              f"drop {settings} (or start a new run without --resume)")
         result = train(RunConfig(), args.resume, resume=True, progress=not args.quiet)
     else:
-        cfg = RunConfig.from_dict(args.as_dict())  # the same way `vitlab sweep` resolves a trial
         run_dir = args.run_dir or f"runs/{args.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
         result = train(cfg, run_dir, progress=not args.quiet)
     return _finish(result)

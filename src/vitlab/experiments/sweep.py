@@ -18,7 +18,6 @@ import tempfile
 import time
 from collections import deque
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -86,23 +85,14 @@ def plan_sweep(spec: SweepSpec, out: str | Path) -> list[PlannedTrial]:
     return planned
 
 
-@cache
-def _train_parser(preset: str):
-    from vitlab.cli import train_parser
-
-    parser = train_parser(preset)
-    parser.exit_on_error = False  # raise, so the error can name the trial
-    return parser
-
-
 def resolve_trial(base_file: Path, trial: Trial) -> tuple[str, RunConfig]:
     """The preset and configuration ``vitlab train --config BASE_FILE FLAGS...`` would train."""
-    from vitlab.cli import _peek_preset
+    from vitlab.cli import parse_train_flags
 
     argv = ["--config", str(base_file), *trial.flags()]
     try:
-        args = _train_parser(_peek_preset(argv)).parse_args(argv)
-        return args.preset, RunConfig.from_dict(args.as_dict())
+        args, config = parse_train_flags(argv, strict=True)  # raise, so the error can name the trial
+        return args.preset, config
     except (ArgumentError, ValueError, TypeError) as exc:  # the parser's, or the model config's (patch does not divide)
         message = " ".join(str(exc).split())
         raise ValueError(f"trial {trial.slug} ({' '.join(trial.flags())}): {message}") from None
