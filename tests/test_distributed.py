@@ -1,4 +1,4 @@
-"""Data-parallel training through torchrun: 2 CPU processes (gloo) equal one process on the same batches."""
+"""Data-parallel training through torchrun: 2 CPU processes (gloo) equal one process on the same batches, resumed too."""
 
 from __future__ import annotations
 
@@ -66,6 +66,24 @@ def test_two_processes_train_like_one(pattern_folder, tmp_path):
         assert b["train_acc"] == pytest.approx(a["train_acc"])
         assert b["val_acc"] == pytest.approx(a["val_acc"])
     assert (tmp_path / "ddp" / "figures" / "curves.png").exists()
+
+    # A run killed after epoch 1 and resumed under torchrun ends where the uninterrupted runs end.
+    from vitlab.cli import parse_train_flags
+    from vitlab.training import train
+
+    _, cfg = parse_train_flags(["--run_dir", str(tmp_path / "cut"), *common])
+    threads = torch.get_num_threads()
+    try:
+        train(cfg, tmp_path / "cut", progress=False, stop_after_epoch=1)
+    finally:
+        torch.set_num_threads(threads)
+    resumed = _train(["--resume", str(tmp_path / "cut")], env, processes=2)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    three = load_file(str(tmp_path / "cut" / "last.safetensors"))
+    for key in one:
+        torch.testing.assert_close(three[key], one[key], atol=2e-5, rtol=1e-4, msg=key)
+    h3 = [json.loads(line) for line in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in h3] == [1, 2] and h3[1]["val_acc"] == pytest.approx(h1[1]["val_acc"])
 
 
 def test_batch_that_does_not_split_is_a_clear_error(pattern_folder, tmp_path):
