@@ -51,6 +51,8 @@ def real_shapes(model: ViT, x: torch.Tensor) -> dict[str, tuple[int, ...]]:
     out = {"input": x, "patch_embed": model.patch_embed(x)}
     if cfg.patch_embed == "conv":
         out["patch_embed.proj"] = model.patch_embed.proj(x)
+    elif cfg.patch_embed == "conv_stem":
+        out["patch_embed.proj"] = model.patch_embed.proj(model.patch_embed.stem(x))
     else:
         (ph, pw), (gh, gw) = cfg.patch_size, cfg.grid_size
         out["patch_embed.patches"] = x.unfold(2, ph, ph).unfold(3, pw, pw).reshape(b, cfg.in_chans, gh * gw, ph * pw)
@@ -79,6 +81,18 @@ def real_shapes(model: ViT, x: torch.Tensor) -> dict[str, tuple[int, ...]]:
     out["pool"] = model.forward_head(out["norm"], pre_logits=True)
     out["head"] = model(x)
     return {name: tuple(value.shape[1:]) for name, value in out.items()}
+
+
+def test_conv_stem_is_traced_and_drawn(tmp_path):
+    cfg = ViTConfig(img_size=32, patch_size=4, in_chans=3, num_classes=10, embed_dim=32, depth=2, num_heads=2,
+                    patch_embed="conv_stem")
+    model = ViT(cfg).eval()
+    with torch.no_grad():
+        expected = real_shapes(model, torch.randn(2, 3, 32, 32))
+    result = draw_architecture(model, tmp_path / "stem.png")
+    assert {s.name: s.shape for s in result.steps} == expected
+    assert result.shape("patch_embed.proj") == (32, 8, 8) and result.shape("patch_embed") == (64, 32)
+    assert result.path.stat().st_size > 20_000
 
 
 @pytest.mark.parametrize("variant", [dict(), dict(patch_embed="manual", pool="gap", pos_embed="sincos")])

@@ -79,6 +79,20 @@ def test_onnx_of_a_sin_cos_gap_model(tmp_path):
     assert max_difference(load_exported(out), model, 4) <= 1e-4
 
 
+def test_onnx_of_a_conv_stem_model(tmp_path):
+    torch.manual_seed(0)
+    model = ViT(ViTConfig(img_size=16, patch_size=4, in_chans=3, num_classes=4, embed_dim=24, depth=1, num_heads=3,
+                          patch_embed="conv_stem"))
+    model.train()
+    with torch.no_grad():
+        model.head.weight.normal_()
+        for _ in range(3):  # BatchNorm statistics that are not the identity
+            model(torch.randn(8, 3, 16, 16) * 2 + 1)
+    model.eval()
+    out = export_model(model, tmp_path / "s.onnx", "onnx", exporter="torchscript")
+    assert max_difference(load_exported(out), model, 3) <= 1e-4
+
+
 def test_onnx_of_the_converted_pretrained_vit_tiny(tmp_path):
     root = shared_dir("weights")
     if root is None or not (root / f"{TINY_NAME}.safetensors").exists():

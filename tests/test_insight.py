@@ -119,6 +119,17 @@ def test_filter_components_are_orthonormal():
     assert torch.all(explained[:-1] >= explained[1:]) and 0 < explained.sum() <= 1 + 1e-6
 
 
+def test_conv_stem_has_no_filter_figure(tmp_path):
+    from vitlab.insight.explain import write_model_figures
+
+    model = ViT(ViTConfig(**{**SMALL, "patch_embed": "conv_stem"}))
+    with pytest.raises(ValueError, match="conv_stem"):
+        patch_filter_components(model)
+    written = write_model_figures(model, {}, tmp_path)
+    assert "filters" not in written and "position_similarity" in written
+    assert not (tmp_path / "patch_embedding_pca.png").exists()
+
+
 def locality(similarity: torch.Tensor) -> tuple[float, float]:
     """Mean similarity of 4-neighbours and of patches at least half the grid apart."""
     gh, gw = similarity.shape[:2]

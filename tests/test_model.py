@@ -115,6 +115,7 @@ SHAPE_CASES = {
     ),
     "nonsquare-rgb-cls-none": dict(img_size=(24, 36), patch_size=(4, 6), in_chans=3, pool="cls", pos_embed="none"),
     "no-cls-token-gap-learned": dict(img_size=28, patch_size=7, in_chans=1, class_token=False, pool="gap"),
+    "conv-stem-nonsquare-image": dict(img_size=(16, 24), patch_size=4, in_chans=3, patch_embed="conv_stem"),
     "no-cls-token-gap-sincos": dict(
         img_size=(16, 32), patch_size=(8, 4), in_chans=3, class_token=False, pool="gap", pos_embed="sincos"
     ),
@@ -644,6 +645,7 @@ GRAD_CASES = {
     "gap-with-cls-explicit": dict(pool="gap", attn_impl="explicit"),
     "droppath-dropout-train": dict(drop_path_rate=0.3, drop_rate=0.1, attn_drop_rate=0.1, depth=3),
     "droppath-nonsquare-train": dict(img_size=(24, 36), patch_size=(4, 6), in_chans=1, drop_path_rate=0.2),
+    "conv-stem": dict(patch_embed="conv_stem", patch_size=8),
 }
 
 
@@ -760,6 +762,26 @@ def test_patch_must_divide_image() -> None:
     assert "(5, 5)" in msg and "(28, 28)" in msg and "28x28" in msg
     with pytest.raises(ValueError, match=r"does not divide img_size \(24, 36\)"):
         ViTConfig(img_size=(24, 36), patch_size=(4, 5))
+
+
+def test_conv_stem_sees_across_patch_borders_and_needs_power_of_two_patches() -> None:
+    torch.manual_seed(0)
+    for mode, crosses in (("conv", False), ("manual", False), ("conv_stem", True)):
+        model = ViT(small_cfg(patch_embed=mode, patch_size=8)).eval()  # 4x4 grid of 8x8 patches
+        x = images(model.cfg, batch=1)
+        nudged = x.clone()
+        nudged[..., 7, 7] += 1.0  # the last pixel of patch 0, beside patches 1, 4 and 5
+        with torch.no_grad():
+            changed = (model.patch_embed(nudged) - model.patch_embed(x)).abs().amax(-1)[0] > 1e-6
+        assert changed[0] and bool(changed[[1, 4, 5]].all()) == crosses, mode
+        assert not changed[[2, 3, 8, 15]].any(), mode  # a 3x3 stride-2 stack still only looks nearby
+    stem = ViT(small_cfg(patch_embed="conv_stem", patch_size=8, embed_dim=48))
+    assert [m.stride for m in stem.patch_embed.stem if isinstance(m, nn.Conv2d)] == [(2, 2)] * 3  # 8 = 2^3
+    assert stem.patch_embed.proj.kernel_size == (1, 1) and stem.patch_embed.proj.out_channels == 48
+    assert count_flops(stem) > count_flops(ViT(small_cfg(patch_size=8)))
+    for bad in (7, (4, 8), 1):
+        with pytest.raises(ValueError, match="power-of-two patch size"):
+            ViTConfig(img_size=28 if bad == 7 else 32, patch_size=bad, patch_embed="conv_stem")
 
 
 def test_wrong_channel_count() -> None:

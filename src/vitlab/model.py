@@ -47,7 +47,7 @@ def _pair(value: int | tuple[int, int] | list[int]) -> tuple[int, int]:
 
 
 _CHOICES = {
-    "patch_embed": ("conv", "manual"),
+    "patch_embed": ("conv", "manual", "conv_stem"),
     "pos_embed": ("learned", "sincos", "none"),
     "pool": ("cls", "gap"),
     "attn_impl": ("sdpa", "explicit"),
@@ -71,8 +71,11 @@ class ViTConfig:
     num_heads: int = 12
     mlp_ratio: float = 4.0
     qkv_bias: bool = True
-    patch_embed: Literal["conv", "manual"] = "conv"
-    """How patches are embedded: a strided convolution, or unfold + linear (same weights)."""
+    patch_embed: Literal["conv", "manual", "conv_stem"] = "conv"
+    """How patches are embedded: a strided convolution, or unfold + linear (same weights), or
+    ``conv_stem``: 3x3 stride-2 convolutions (BatchNorm, ReLU) down to the patch grid, then a 1x1
+    projection (Xiao et al. 2021, "Early convolutions help transformers see better"); it needs a
+    square power-of-two patch size."""
     pos_embed: Literal["learned", "sincos", "none"] = "learned"
     class_token: bool = True
     pool: Literal["cls", "gap"] = "cls"
@@ -105,6 +108,12 @@ class ViTConfig:
                 f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}: "
                 "each head gets embed_dim / num_heads dimensions, so pick a divisor."
             )
+        if self.patch_embed == "conv_stem" and not (ph == pw and ph >= 2 and ph & (ph - 1) == 0):
+            raise ValueError(
+                f"patch_embed='conv_stem' halves the image with each stride-2 convolution, so it needs a square "
+                f"power-of-two patch size (2, 4, 8, 16, ...); got patch_size {self.patch_size}. Use "
+                "patch_embed='conv' for this patch size, or pick a power of two that divides the image."
+            )
         if self.pool == "cls" and not self.class_token:
             raise ValueError("pool='cls' needs class_token=True; use pool='gap' for a model without a CLS token")
         for name, allowed in _CHOICES.items():
@@ -129,12 +138,27 @@ class ViTConfig:
 # ----------------------------------------------------------------------------- embeddings
 
 
-class PatchEmbed(nn.Module):
-    """Cut the image into non-overlapping patches and project each to ``embed_dim``.
+def conv_stem(in_chans: int, embed_dim: int, patch_size: int) -> tuple[nn.Sequential, int]:
+    """log2(patch) blocks of 3x3 stride-2 convolution + BatchNorm + ReLU, widening towards ``embed_dim``;
+    returns the stack and its output channels (the 1x1 projection to ``embed_dim`` follows it)."""
+    steps = patch_size.bit_length() - 1
+    layers, channels = [], in_chans
+    for i in range(steps):
+        width = max(16, embed_dim >> (steps - 1 - i))  # ..., D/4, D/2, D
+        layers += [nn.Conv2d(channels, width, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(width),
+                   nn.ReLU(inplace=True)]
+        channels = width
+    return nn.Sequential(*layers), channels
 
-    Both modes use the same parameter, ``proj.weight`` of shape (D, C, P_h, P_w):
+
+class PatchEmbed(nn.Module):
+    """Turn the image into one token of ``embed_dim`` per patch.
+
+    ``conv`` and ``manual`` use the same parameter, ``proj.weight`` of shape (D, C, P_h, P_w):
     ``conv`` runs it as a convolution with kernel = stride = patch; ``manual`` flattens
     every patch to a vector of C*P_h*P_w pixels and multiplies by the flattened weight.
+    ``conv_stem`` sees across patch borders: a small CNN (``stem``) reduces the image to the patch
+    grid and ``proj`` is a 1x1 convolution from its channels to D.
     """
 
     def __init__(self, cfg: ViTConfig) -> None:
@@ -142,7 +166,12 @@ class PatchEmbed(nn.Module):
         self.img_size, self.patch_size, self.in_chans = cfg.img_size, cfg.patch_size, cfg.in_chans
         self.grid_size, self.num_patches = cfg.grid_size, cfg.num_patches
         self.mode = cfg.patch_embed
-        self.proj = nn.Conv2d(cfg.in_chans, cfg.embed_dim, kernel_size=cfg.patch_size, stride=cfg.patch_size)
+        if self.mode == "conv_stem":
+            self.stem, channels = conv_stem(cfg.in_chans, cfg.embed_dim, cfg.patch_size[0])
+            self.proj = nn.Conv2d(channels, cfg.embed_dim, kernel_size=1)
+        else:
+            self.stem = None
+            self.proj = nn.Conv2d(cfg.in_chans, cfg.embed_dim, kernel_size=cfg.patch_size, stride=cfg.patch_size)
 
     def check_input(self, x: torch.Tensor) -> None:
         expected = (self.in_chans, *self.img_size)
@@ -166,7 +195,9 @@ class PatchEmbed(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
-        if self.mode == "conv":
+        if self.stem is not None:
+            x = self.stem(x)  # (B, C', H/P, W/P)
+        if self.mode != "manual":
             x = self.proj(x)  # (B, D, H/P, W/P)
             return x.flatten(2).transpose(1, 2)  # (B, N, D)
         b, c, h, w = x.shape
@@ -346,6 +377,10 @@ class ViT(nn.Module):
         # then start at the scale of the pixels instead of 50x smaller, and small models learn faster
         fan_in = self.patch_embed.proj.weight[0].numel()
         nn.init.trunc_normal_(self.patch_embed.proj.weight, std=fan_in**-0.5, a=-2 * fan_in**-0.5, b=2 * fan_in**-0.5)
+        if self.patch_embed.stem is not None:  # a CNN: He init for the convolutions under ReLU
+            for module in self.patch_embed.stem.modules():
+                if isinstance(module, nn.Conv2d):
+                    nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
         if isinstance(self.pos_embed, nn.Parameter):
             nn.init.trunc_normal_(self.pos_embed, std=0.02, a=-0.04, b=0.04)
         if self.cls_token is not None:

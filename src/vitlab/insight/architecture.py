@@ -244,6 +244,10 @@ def draw_architecture(cfg_or_model: ViT | ViTConfig | str, path: str | Path | No
     if cfg.patch_embed == "conv":
         patch = _Node("patch_embed.proj", f"Conv2d {_pair_text(cfg.patch_size)}, stride {_pair_text(cfg.patch_size)} "
                       f"→ {_fmt(s['patch_embed.proj'])}, flatten", "embed")
+    elif cfg.patch_embed == "conv_stem":
+        halvings = cfg.patch_size[0].bit_length() - 1
+        patch = _Node("patch_embed.stem, .proj", f"{halvings} × (Conv2d 3x3, stride 2, BN, ReLU), Conv2d 1x1 "
+                      f"→ {_fmt(s['patch_embed.proj'])}, flatten", "embed")
     else:
         patch = _Node("patch_embed.proj", f"unfold {_pair_text(cfg.patch_size)} patches → {_fmt(s['patch_embed.patches'])}, "
                       "× weight (as a matrix)", "embed")

@@ -97,17 +97,19 @@ def write_model_figures(model: ViT, info: dict, out: str | Path, images: torch.T
                         name: str = "") -> dict[str, Path]:
     """The paper's figure 7 panels as PNGs in ``out``: filters, position similarity, attention distance.
 
-    Position similarity needs a position embedding and attention distance needs ``images``
-    (uint8, the model's size); a panel that cannot be drawn is left out. Returns {figure: file}.
+    Filters need a linear patch embedding (not ``conv_stem``), position similarity a position
+    embedding, and attention distance ``images`` (uint8, the model's size); a panel that cannot be
+    drawn is left out. Returns {figure: file}.
     """
     require_vit(model)
     out = Path(out)
     suffix = f"\n{name}" if name else ""
     written = {}
-    components, explained = patch_filter_components(model)
-    written["filters"] = save_figure(plot_filter_components(components, explained,
-                                                            f"Patch-embedding filters, principal components{suffix}"),
-                                     out / "patch_embedding_pca.png")
+    if model.patch_embed.stem is None:
+        components, explained = patch_filter_components(model)
+        written["filters"] = save_figure(plot_filter_components(components, explained,
+                                                                f"Patch-embedding filters, principal components{suffix}"),
+                                         out / "patch_embedding_pca.png")
     if model.pos_embed is not None:
         written["position_similarity"] = save_figure(
             plot_position_similarity(position_similarity(model), f"Position embedding similarity{suffix}"),

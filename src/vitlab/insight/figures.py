@@ -26,6 +26,9 @@ def position_similarity(model: ViT) -> torch.Tensor:
 def patch_filter_components(model: ViT, count: int = 28) -> tuple[torch.Tensor, torch.Tensor]:
     """Principal components of the patch-embedding filters, as (count, C, ph, pw) images, and the
     fraction of variance each explains."""
+    if model.patch_embed.stem is not None:
+        raise ValueError("a conv_stem patch embedding has no per-patch pixel filters (its projection is 1x1 over "
+                         "CNN features); the filter figure needs patch_embed='conv' or 'manual'")
     weight = model.patch_embed.proj.weight.detach().float()  # (D, C, ph, pw)
     flat = weight.flatten(1)
     flat = flat - flat.mean(0, keepdim=True)
