@@ -259,6 +259,23 @@ def test_seed_preset() -> None:
         assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
 
 
+@pytest.mark.parametrize("name", ["mnist", "mnist_5min", "mnist_20min", "mnist_long", "seed", "fashion_mnist",
+                                  "cifar10", "cifar10_60min", "cifar100"])
+def test_run_presets_build_a_model_for_their_data(name: str) -> None:
+    from vitlab.data import AUGMENTATIONS
+    from vitlab.presets import RUN_PRESETS, run_config
+
+    assert name in RUN_PRESETS
+    cfg = run_config(name)
+    channels, size, classes = {"mnist": (1, 28, 10), "fashion_mnist": (1, 28, 10), "cifar10": (3, 32, 10),
+                               "cifar100": (3, 32, 100)}[cfg.data.dataset]
+    assert (cfg.model.in_chans, cfg.model.img_size, cfg.model.num_classes) == (channels, (size, size), classes)
+    assert cfg.data.augment in AUGMENTATIONS
+    model = ViT(cfg.model).eval()
+    with torch.no_grad():
+        assert model(torch.zeros(2, channels, size, size)).shape == (2, classes)
+
+
 def test_preset_aliases_and_overrides() -> None:
     assert model_config("ti16") == MODEL_PRESETS["vit_tiny_patch16_224"]
     assert model_config("vit_base") == MODEL_PRESETS["vit_base_patch16_224"]

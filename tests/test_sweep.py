@@ -49,6 +49,16 @@ def run_cli(argv: list[str]) -> tuple[int, str]:
 # ----------------------------------------------------------------------------- planning (nothing is trained)
 
 
+@pytest.mark.parametrize("sweep_file", sorted((Path(__file__).resolve().parents[1] / "experiments").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_shipped_sweep_files_plan_every_trial(sweep_file, tmp_path):
+    """The sweep files in experiments/ stay valid as the configuration grows: each trial resolves, none repeats."""
+    spec = SweepSpec.load(sweep_file)
+    planned = plan_sweep(spec, tmp_path / "out")
+    assert len(planned) == len(spec.trials()) >= 3
+    assert all(p.state == "new" for p in planned)
+
+
 def test_grid_times_seeds_gives_every_trial_with_a_readable_name(tmp_path):
     spec = SweepSpec.load(write_sweep(tmp_path / "s.yaml", grid={"model.patch_size": [2, 4], "train.lr": [0.001, 0.01]},
                                       seeds=[0, 1]))

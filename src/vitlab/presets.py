@@ -26,6 +26,16 @@ MODEL_PRESETS: dict[str, ViTConfig] = {
         img_size=28, patch_size=4, in_chans=1, num_classes=10, embed_dim=96, depth=6, num_heads=4,
         mlp_ratio=2.0, drop_path_rate=0.05,
     ),
+    # Digits through a convolutional stem (two 3x3 stride-2 convs): 49 tokens of 4x4 pixels, dim 64.
+    "vit_mnist_stem": ViTConfig(
+        img_size=28, patch_size=4, in_chans=1, num_classes=10, embed_dim=64, depth=2, num_heads=4, mlp_ratio=2.0,
+        patch_embed="conv_stem",
+    ),
+    # CIFAR-size model with a convolutional stem: 64 tokens of 4x4 pixels, dim 128, 6 blocks.
+    "vit_cifar_stem": ViTConfig(
+        img_size=32, patch_size=4, in_chans=3, num_classes=10, embed_dim=128, depth=6, num_heads=4, mlp_ratio=2.0,
+        drop_path_rate=0.1, patch_embed="conv_stem",
+    ),
     # The configuration of the popular from-scratch tutorial (patch 7, dim 16, 4 heads, 4 blocks, MLP 64).
     "vit_seed": ViTConfig(
         img_size=28, patch_size=7, in_chans=1, num_classes=10, embed_dim=16, depth=4, num_heads=4, mlp_ratio=4.0
@@ -52,6 +62,28 @@ RUN_PRESETS: dict[str, RunConfig] = {
         data=DataConfig(dataset="mnist", augment="digits"),
         train=TrainConfig(epochs=60, batch_size=128, lr=2e-3, weight_decay=0.05, warmup_epochs=1,
                           label_smoothing=0.1, ema_decay=0.9995),
+    ),
+    # Time-to-accuracy recipes for the 2-core CPU (benchmarks/train_to_accuracy.py, README's results table).
+    # >= 99.0% MNIST test accuracy in <= 5 minutes: a 2-block conv-stem ViT, 7 epochs.
+    "mnist_5min": RunConfig(
+        model=MODEL_PRESETS["vit_mnist_stem"],
+        data=DataConfig(dataset="mnist", augment="digits"),
+        train=TrainConfig(epochs=7, batch_size=128, lr=3e-3, weight_decay=0.05, warmup_epochs=0.5,
+                          label_smoothing=0.0),
+    ),
+    # >= 99.5% in <= 20 minutes: the 4-block conv-stem ViT, 18 epochs, moving average of the weights.
+    "mnist_20min": RunConfig(
+        model=replace(MODEL_PRESETS["vit_mnist_stem"], depth=4),
+        data=DataConfig(dataset="mnist", augment="digits"),
+        train=TrainConfig(epochs=18, batch_size=128, lr=3e-3, weight_decay=0.05, warmup_epochs=0.5,
+                          label_smoothing=0.0, ema_decay=0.999),
+    ),
+    # CIFAR-10 from scratch, sized to train in under an hour on the 2-core CPU (16 epochs).
+    "cifar10_60min": RunConfig(
+        model=MODEL_PRESETS["vit_cifar_stem"],
+        data=DataConfig(dataset="cifar10", augment="crop_flip"),
+        train=TrainConfig(epochs=16, batch_size=128, lr=2e-3, weight_decay=0.05, warmup_epochs=2,
+                          label_smoothing=0.1, ema_decay=0.999),
     ),
     # The tutorial's recipe: Adam, lr 1e-3, 10 epochs, constant rate, no regularisation.
     "seed": RunConfig(
