@@ -101,7 +101,7 @@ def main() -> int:
     out = RESULTS / f"{name}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"| {name} | {final['val_acc'] * 100:.2f}% | {wall:.0f} s | {final['epoch']} | "
-          f"{'met' if result['met'] else 'NOT met'} (goal {args.target * 100:.1f}%"
+          f"{'met' if result['met'] else 'NOT met'} (goal {args.target * 100:g}%"
           f"{f' in {args.budget_s:.0f} s' if args.budget_s else ''}) | `{shlex.join(command)}` |")
     print(f"written to {out}")
     return 0

@@ -10,7 +10,15 @@ import torch
 
 from conftest import write_pattern_folder
 from vitlab.config import DataConfig
-from vitlab.data import DataNotFoundError, Preprocess, augment_batch, iterate_batches, load_data, random_affine
+from vitlab.data import (
+    DataNotFoundError,
+    Preprocess,
+    augment_batch,
+    iterate_batches,
+    load_data,
+    random_affine,
+    random_erasing,
+)
 from vitlab.data import datasets as ds_module
 
 
@@ -160,6 +168,47 @@ def test_augmentations_are_repeatable_and_random():
         assert not torch.equal(a, c), kind
     with pytest.raises(ValueError, match="unknown augmentation"):
         augment_batch(x, "mixup", torch.Generator())
+
+
+def test_random_erasing_replaces_one_rectangle_per_chosen_image():
+    x = torch.full((400, 3, 28, 28), 7.0)
+    out = random_erasing(x, torch.Generator().manual_seed(0), probability=1.0)
+    assert torch.equal(out, random_erasing(x, torch.Generator().manual_seed(0), probability=1.0))
+    assert not torch.equal(out, random_erasing(x, torch.Generator().manual_seed(1), probability=1.0))
+    changed = out != 7.0
+    assert torch.equal(changed, changed[:, :1].expand_as(changed))  # the same rectangle in every channel
+    for mask in changed[:, 0]:
+        rows, cols = mask.any(1).nonzero().flatten(), mask.any(0).nonzero().flatten()
+        box = mask[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+        assert box.all() and mask.sum() == box.numel()  # one solid rectangle, nothing outside it
+    noise = out[changed]
+    assert abs(noise.mean()) < 0.05 and abs(noise.std() - 1) < 0.05  # N(0, 1) fill
+    half = random_erasing(x, torch.Generator().manual_seed(0), probability=0.5)
+    assert 0.4 < (half != 7.0).flatten(1).any(1).float().mean() < 0.6
+    assert torch.equal(random_erasing(x, torch.Generator().manual_seed(0), probability=0.0), x)
+
+
+def test_random_erasing_covers_as_much_as_timms():
+    timm_erasing = pytest.importorskip("timm.data.random_erasing")
+    torch.manual_seed(0)
+    x = torch.full((2000, 1, 28, 28), 7.0)
+    ours = (random_erasing(x, torch.Generator().manual_seed(0), probability=1.0) != 7.0).float().mean((1, 2, 3))
+    reference = timm_erasing.RandomErasing(probability=1.0, mode="pixel", device="cpu")(x.clone())
+    theirs = (reference != 7.0).float().mean((1, 2, 3))
+    assert abs(ours.mean() - theirs.mean()) < 0.01 and abs(ours.std() - theirs.std()) < 0.01
+
+
+def test_preprocess_erases_only_in_training():
+    x = torch.full((64, 1, 28, 28), 128, dtype=torch.uint8)
+    prep = Preprocess((0.5,), (0.5,), 1, (28, 28), erase_prob=1.0)
+    clean = prep(x)
+    assert torch.equal(prep(x), clean) and torch.allclose(clean, torch.full_like(clean, 1 / 255), atol=1e-6)
+    erased = prep(x, train=True, generator=torch.Generator().manual_seed(0))
+    assert ((erased != clean).flatten(1).any(1)).all()
+    with pytest.raises(ValueError, match="Generator"):
+        prep(x, train=True)
+    with pytest.raises(ValueError, match=r"erasing probability must lie in \[0, 1\]"):
+        Preprocess((0.5,), (0.5,), 1, (28, 28), erase_prob=1.5)
 
 
 def test_preprocess_normalises_resizes_and_matches_channels():

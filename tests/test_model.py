@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -259,8 +260,19 @@ def test_seed_preset() -> None:
         assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
 
 
-@pytest.mark.parametrize("name", ["mnist", "mnist_5min", "mnist_20min", "mnist_long", "seed", "fashion_mnist",
-                                  "cifar10", "cifar10_60min", "cifar100"])
+DOCUMENTED_RUN_PRESETS = ["mnist", "mnist_5min", "mnist_20min", "mnist_60min", "mnist_long", "seed", "fashion_mnist",
+                          "fashion_mnist_long", "cifar10", "cifar10_60min", "cifar100"]
+
+
+def test_every_run_preset_is_documented() -> None:
+    from vitlab.presets import RUN_PRESETS
+
+    assert sorted(RUN_PRESETS) == sorted(DOCUMENTED_RUN_PRESETS)
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert all(f"`{name}`" in readme for name in DOCUMENTED_RUN_PRESETS)
+
+
+@pytest.mark.parametrize("name", DOCUMENTED_RUN_PRESETS)
 def test_run_presets_build_a_model_for_their_data(name: str) -> None:
     from vitlab.data import AUGMENTATIONS
     from vitlab.presets import RUN_PRESETS, run_config
@@ -270,7 +282,7 @@ def test_run_presets_build_a_model_for_their_data(name: str) -> None:
     channels, size, classes = {"mnist": (1, 28, 10), "fashion_mnist": (1, 28, 10), "cifar10": (3, 32, 10),
                                "cifar100": (3, 32, 100)}[cfg.data.dataset]
     assert (cfg.model.in_chans, cfg.model.img_size, cfg.model.num_classes) == (channels, (size, size), classes)
-    assert cfg.data.augment in AUGMENTATIONS
+    assert cfg.data.augment in AUGMENTATIONS and 0.0 <= cfg.data.random_erasing <= 1.0
     model = ViT(cfg.model).eval()
     with torch.no_grad():
         assert model(torch.zeros(2, channels, size, size)).shape == (2, classes)

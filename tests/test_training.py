@@ -15,11 +15,12 @@ from vitlab.training.checkpoint import load_state_dict_checked, read_checkpoint_
 from vitlab.training.optim import build_scheduler, lr_factor, param_groups
 
 
-def tiny_run(folder, epochs: int = 2, **train_overrides) -> RunConfig:
+def tiny_run(folder, epochs: int = 2, random_erasing: float = 0.0, **train_overrides) -> RunConfig:
     return RunConfig(
         model=ViTConfig(img_size=16, patch_size=4, in_chans=3, num_classes=3, embed_dim=32, depth=2, num_heads=2,
                         drop_rate=0.1, drop_path_rate=0.1),
-        data=DataConfig(dataset="imagefolder", path=str(folder), augment="flip", num_workers=0),
+        data=DataConfig(dataset="imagefolder", path=str(folder), augment="flip", num_workers=0,
+                        random_erasing=random_erasing),
         train=TrainConfig(**{"epochs": epochs, "batch_size": 8, "lr": 1e-3, "warmup_epochs": 0.5,
                              "label_smoothing": 0.1, **train_overrides}),
     )
@@ -98,8 +99,11 @@ def test_existing_run_directory_is_never_overwritten(pattern_folder, tmp_path):
 
 
 def test_resume_after_an_interruption_matches_the_uninterrupted_run(pattern_folder, tmp_path):
-    full = train(tiny_run(pattern_folder, epochs=3), tmp_path / "full", progress=False)
-    train(tiny_run(pattern_folder, epochs=3), tmp_path / "cut", progress=False, stop_after_epoch=1)
+    # with random erasing, which draws from the run's generator too
+    full = train(tiny_run(pattern_folder, epochs=3, random_erasing=0.5), tmp_path / "full", progress=False)
+    plain = train(tiny_run(pattern_folder, epochs=1), tmp_path / "plain", progress=False)
+    assert plain.history[0]["train_loss"] != full.history[0]["train_loss"]  # erasing changed the training
+    train(tiny_run(pattern_folder, epochs=3, random_erasing=0.5), tmp_path / "cut", progress=False, stop_after_epoch=1)
     assert len((tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()) == 1
     resumed = train(RunConfig(), tmp_path / "cut", resume=True, progress=False)
     a, _ = load_checkpoint(tmp_path / "full" / "last.safetensors")

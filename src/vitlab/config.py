@@ -43,6 +43,8 @@ class DataConfig:
     """Download a missing data set (torchvision's official sources)."""
     augment: Literal["none", "digits", "flip", "crop_flip", "randaugment"] = "none"
     """Batched augmentation: digits (small random affine), flip, crop_flip (CIFAR), randaugment."""
+    random_erasing: float = 0.0
+    """Training: erase one random rectangle per image with this probability, filled with noise (timm's --reprob)."""
     val_fraction: float = 0.0
     """Hold out this fraction of the training set for validation (0: validate on the test split)."""
     train_subset: Optional[int] = None

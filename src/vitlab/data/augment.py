@@ -2,7 +2,8 @@
 
 One random affine transform per image, applied to the whole batch with a single
 ``affine_grid`` + ``grid_sample``: small rotations/shifts/scales for digits, pad-and-crop
-shifts plus horizontal flips for CIFAR. RandAugment (torchvision) runs per image.
+shifts plus horizontal flips for CIFAR. RandAugment (torchvision) runs per image. Random
+erasing, if asked for, follows normalisation.
 """
 
 from __future__ import annotations
@@ -79,21 +80,56 @@ def augment_batch(x: torch.Tensor, kind: str, generator: torch.Generator) -> tor
     raise ValueError(f"unknown augmentation {kind!r}; choose one of {AUGMENTATIONS}")
 
 
+def random_erasing(
+    x: torch.Tensor,
+    generator: torch.Generator,
+    probability: float = 0.25,
+    area: tuple[float, float] = (0.02, 1 / 3),
+    aspect: tuple[float, float] = (0.3, 10 / 3),
+) -> torch.Tensor:
+    """Replace one random rectangle of each image, with the given probability, by N(0, 1) noise.
+
+    Zhong et al. 2017, "Random Erasing Data Augmentation" (timm's ``--reprob`` in ``pixel`` mode):
+    the rectangle covers a uniform fraction ``area`` of the image, with a log-uniform aspect ratio
+    (height / width) in ``aspect``, clipped to the image. Meant for normalised batches (B, C, H, W),
+    where unit-variance noise has the scale of the data.
+    """
+    b, c, h, w = x.shape
+    cpu = dict(generator=generator)  # draw on the CPU so results do not depend on the device
+    erase = torch.rand(b, **cpu) < probability
+    frac = torch.rand(b, **cpu) * (area[1] - area[0]) + area[0]
+    ratio = torch.exp(torch.rand(b, **cpu) * math.log(aspect[1] / aspect[0]) + math.log(aspect[0]))
+    eh = torch.sqrt(frac * h * w * ratio).round().clamp(1, h).long()
+    ew = torch.sqrt(frac * h * w / ratio).round().clamp(1, w).long()
+    top = (torch.rand(b, **cpu) * (h - eh + 1)).long()
+    left = (torch.rand(b, **cpu) * (w - ew + 1)).long()
+    rows, cols = torch.arange(h), torch.arange(w)
+    in_rows = (rows >= top[:, None]) & (rows < (top + eh)[:, None])  # (B, H)
+    in_cols = (cols >= left[:, None]) & (cols < (left + ew)[:, None])  # (B, W)
+    mask = (in_rows[:, :, None] & in_cols[:, None, :] & erase[:, None, None])[:, None]  # (B, 1, H, W)
+    noise = torch.randn(x.shape, **cpu)
+    return torch.where(mask.to(x.device), noise.to(x.device, x.dtype), x)
+
+
 class Preprocess:
-    """uint8 batch -> float model input: resize, augment (training), channel match, normalise."""
+    """uint8 batch -> float model input: resize, augment (training), channel match, normalise, erase (training)."""
 
     def __init__(self, mean, std, in_chans: int, image_size: tuple[int, int], augment: str = "none",
-                 resize_mode: str = "bicubic") -> None:
+                 resize_mode: str = "bicubic", erase_prob: float = 0.0) -> None:
         if augment not in AUGMENTATIONS:
             raise ValueError(f"unknown augmentation {augment!r}; choose one of {AUGMENTATIONS}")
+        if not 0.0 <= erase_prob <= 1.0:
+            raise ValueError(f"random erasing probability must lie in [0, 1]; got {erase_prob}")
+        self.erase_prob = erase_prob
         self.in_chans, self.image_size, self.augment, self.resize_mode = in_chans, tuple(image_size), augment, resize_mode
         self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
 
     def __call__(self, x: torch.Tensor, train: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
+        randomised = train and (self.augment != "none" or self.erase_prob > 0)
+        if randomised and generator is None:
+            raise ValueError("training augmentation needs a torch.Generator (for repeatable runs)")
         if train and self.augment != "none":
-            if generator is None:
-                raise ValueError("training augmentation needs a torch.Generator (for repeatable runs)")
             x = augment_batch(x, self.augment, generator)
         else:
             x = x.float().div_(255)
@@ -108,4 +144,7 @@ class Preprocess:
             mean, std = mean.mean(1, keepdim=True), std.mean(1, keepdim=True)
         elif x.shape[1] != self.in_chans:
             raise ValueError(f"images have {x.shape[1]} channels but the model expects {self.in_chans}")
-        return (x - mean) / std
+        x = (x - mean) / std
+        if train and self.erase_prob > 0:
+            x = random_erasing(x, generator, self.erase_prob)
+        return x

@@ -166,7 +166,7 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
     steps_per_epoch = num_batches(data.train, tc.batch_size, ctx.world_size)
     scheduler = build_scheduler(optimizer, tc, steps_per_epoch, ft)
     preprocess = Preprocess(data.mean, data.std, cfg.model.in_chans, cfg.model.img_size, cfg.data.augment,
-                            resize_mode=cfg.data.interpolation)
+                            resize_mode=cfg.data.interpolation, erase_prob=cfg.data.random_erasing)
     eval_preprocess = Preprocess(data.mean, data.std, cfg.model.in_chans, cfg.model.img_size,
                                  resize_mode=cfg.data.interpolation)
 
