@@ -40,6 +40,17 @@ def machine() -> dict:
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
+def evaluate_with_tta(run_dir: Path, tta: str, target: float) -> dict:
+    """`vitlab eval RUN_DIR --tta MODE` on the run's final (``last``) checkpoint: accuracy and time."""
+    out = run_dir / f"eval-tta-{tta}"
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "vitlab.cli", "eval", str(run_dir / "last.safetensors"), "--tta", tta,
+                    "--out", str(out)], check=True)
+    metrics = json.loads((out / "metrics.json").read_text())
+    return {"mode": tta, "test_acc": metrics["accuracy"], "test_loss": metrics["loss"],
+            "eval_s": round(time.perf_counter() - start, 1), "target_reached": metrics["accuracy"] >= target}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--command", default="train", choices=["train", "finetune"])
@@ -52,6 +63,9 @@ def main() -> int:
     parser.add_argument("--resume", action="store_true",
                         help="continue the interrupted run in --run-dir; its wall time is then the training time of "
                              "all finished epochs plus this start-up (the epoch cut short by the kill is not counted)")
+    parser.add_argument("--tta", default="none", choices=["none", "flip"],
+                        help="also evaluate the final checkpoint with this test-time augmentation (`vitlab eval --tta`) "
+                             "and record it beside the single-view accuracy, which alone decides `met`")
     parser.add_argument("extra", nargs="*", help="more `vitlab train` flags")
     args = parser.parse_args()
 
@@ -97,12 +111,16 @@ def main() -> int:
     }
     if args.resume:
         result["resumed_after_s"] = round(done_s, 1)
+    if args.tta != "none":
+        result["tta"] = evaluate_with_tta(run_dir, args.tta, args.target)
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"{name}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"| {name} | {final['val_acc'] * 100:.2f}% | {wall:.0f} s | {final['epoch']} | "
           f"{'met' if result['met'] else 'NOT met'} (goal {args.target * 100:g}%"
           f"{f' in {args.budget_s:.0f} s' if args.budget_s else ''}) | `{shlex.join(command)}` |")
+    if args.tta != "none":
+        print(f"with test-time augmentation {args.tta}: {result['tta']['test_acc'] * 100:.2f}%")
     print(f"written to {out}")
     return 0
 

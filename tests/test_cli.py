@@ -83,6 +83,8 @@ def test_train_eval_predict(pattern_folder, tmp_path, capsys):
     assert metrics["images"] == 30 and metrics["accuracy"] > 0.6
     header = (tmp_path / "eval" / "confusion.csv").read_text().splitlines()[0]
     assert header.split(",")[1:] == ["circle", "cross", "stripes"]
+    assert main(["eval", str(run), "--tta", "flip"]) == 0  # trained with flips: mirror-image averaging allowed
+    assert "(30 images, test-time augmentation: flip)" in capsys.readouterr().out
 
     images = sorted((pattern_folder / "val" / "cross").glob("*.png"))[:2]
     assert main(["predict", str(run / "best.safetensors"), *map(str, images), "--topk", "2", "--json"]) == 0

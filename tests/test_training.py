@@ -160,3 +160,44 @@ def test_diverging_loss_stops_with_advice(pattern_folder, tmp_path):
     with pytest.raises(FloatingPointError, match="lower --train.lr"):
         train(tiny_run(pattern_folder, epochs=1, lr=1e6, grad_clip=0.0, warmup_epochs=0), tmp_path / "r",
               progress=False)
+
+
+def test_flip_tta_averages_each_image_with_its_mirror_image():
+    from vitlab.data import ImageSplit, Preprocess
+    from vitlab.training.trainer import evaluate
+
+    torch.manual_seed(0)
+    model = ViT(ViTConfig(img_size=16, patch_size=4, in_chans=3, num_classes=4, embed_dim=32, depth=2, num_heads=2)).eval()
+    torch.nn.init.normal_(model.head.weight)  # the head starts at zero: every prediction would be uniform
+    images = torch.randint(0, 256, (10, 3, 16, 16), dtype=torch.uint8)
+    labels = torch.randint(0, 4, (10,))
+    preprocess = Preprocess([0.5] * 3, [0.5] * 3, 3, (16, 16))
+    split = ImageSplit(labels, images=images)
+    plain = evaluate(model, split, preprocess, 4, torch.device("cpu"))
+    tta = evaluate(model, split, preprocess, 4, torch.device("cpu"), flip_tta=True)
+    with torch.no_grad():
+        x = preprocess(images)
+        probs = (model(x).softmax(1) + model(x.flip(-1)).softmax(1)) / 2
+    expected_loss = torch.nn.functional.nll_loss(probs.log(), labels).item()
+    assert tta["loss"] == pytest.approx(expected_loss, rel=1e-5)
+    assert torch.equal(tta["predicted"], probs.argmax(1))
+    torch.testing.assert_close(tta["confidence"], probs.max(1).values)
+    assert tta["loss"] != pytest.approx(plain["loss"], rel=1e-3)  # the mirror images changed the result
+
+
+def test_eval_flip_tta_only_for_models_trained_with_flips(pattern_folder, tmp_path):
+    from vitlab.evaluate import evaluate_checkpoint
+
+    flipped = tiny_run(pattern_folder, epochs=1)
+    train(flipped, tmp_path / "flip", progress=False)
+    report = evaluate_checkpoint(tmp_path / "flip", tta="flip", device="cpu")
+    assert report.tta == "flip" and "test-time augmentation: flip" in report.as_text()
+    assert int(report.confusion.sum()) == 30
+
+    upright = tiny_run(pattern_folder, epochs=1)
+    upright.data.augment = "none"
+    train(upright, tmp_path / "none", progress=False)
+    with pytest.raises(ValueError, match="horizontal flips.*augment='none'"):
+        evaluate_checkpoint(tmp_path / "none", tta="flip", device="cpu")
+    with pytest.raises(ValueError, match="unknown test-time augmentation"):
+        evaluate_checkpoint(tmp_path / "none", tta="five_crop", device="cpu")

@@ -188,10 +188,13 @@ def cmd_eval(argv: list[str]) -> int:
     parser.add_argument("--data_path", "--data-path", default=None, help="override the image folder path")
     parser.add_argument("--batch_size", type=int, default=512)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--tta", default="none", choices=["none", "flip"],
+                        help="test-time augmentation: flip averages each image's and its mirror image's predictions "
+                             "(for models trained with flips)")
     parser.add_argument("--out", default=None, help="write metrics.json, per_class.csv and confusion.csv here")
     args = parser.parse_args(argv)
     report = evaluate_checkpoint(args.checkpoint, split=args.split, data_dir=args.data_dir, data_path=args.data_path,
-                                 batch_size=args.batch_size, device=args.device)
+                                 batch_size=args.batch_size, device=args.device, tta=args.tta)
     print(report.as_text())
     if args.out:
         write_eval_report(report, Path(args.out))

@@ -11,9 +11,12 @@ import torch
 
 from vitlab.config import RunConfig
 from vitlab.data import ImageData, load_data
+from vitlab.data.augment import FLIP_AUGMENTATIONS
 from vitlab.predict import model_preprocess
 from vitlab.training.checkpoint import load_checkpoint
 from vitlab.training.trainer import evaluate, resolve_device
+
+TTA_MODES = ("none", "flip")
 
 
 @dataclass
@@ -24,6 +27,7 @@ class EvalReport:
     loss: float
     acc: float
     confusion: torch.Tensor  # (true, predicted)
+    tta: str = "none"
 
     @property
     def per_class_acc(self) -> list[float]:
@@ -32,7 +36,8 @@ class EvalReport:
 
     def as_text(self) -> str:
         n = int(self.confusion.sum())
-        lines = [f"{self.checkpoint} on {self.split} ({n} images): accuracy {self.acc:.4f}, loss {self.loss:.4f}",
+        tta = f", test-time augmentation: {self.tta}" if self.tta != "none" else ""
+        lines = [f"{self.checkpoint} on {self.split} ({n} images{tta}): accuracy {self.acc:.4f}, loss {self.loss:.4f}",
                  "", f"{'class':<24}{'images':>8}{'accuracy':>10}"]
         for name, total, acc in zip(self.classes, self.confusion.sum(1).tolist(), self.per_class_acc):
             lines.append(f"{name[:23]:<24}{total:>8}{acc:>10.4f}")
@@ -69,13 +74,26 @@ def checkpoint_with_data(checkpoint: str | Path, data_dir: str | None = None, da
 
 
 def evaluate_checkpoint(checkpoint: str | Path, split: str = "val", data_dir: str | None = None,
-                        data_path: str | None = None, batch_size: int = 512, device: str = "auto") -> EvalReport:
-    """Evaluate on the data set the checkpoint was trained on (the whole split)."""
+                        data_path: str | None = None, batch_size: int = 512, device: str = "auto",
+                        tta: str = "none") -> EvalReport:
+    """Evaluate on the data set the checkpoint was trained on (the whole split).
+
+    ``tta="flip"`` averages the predictions for each image and its mirror image; it is refused for a
+    checkpoint whose training never flipped images (digits, say), where the mirror image is out of distribution.
+    """
+    if tta not in TTA_MODES:
+        raise ValueError(f"unknown test-time augmentation {tta!r}; choose one of {TTA_MODES}")
     dev = resolve_device(device)
     model, info, data, preprocess = checkpoint_with_data(checkpoint, data_dir, data_path, dev)
+    if tta == "flip":
+        augment = info["run_config"].get("data", {}).get("augment")
+        if augment not in FLIP_AUGMENTATIONS:
+            raise ValueError(f"--tta flip needs a model trained with horizontal flips, but {checkpoint} was trained with "
+                             f"augment={augment!r} (flips with: {', '.join(FLIP_AUGMENTATIONS)}); evaluate it with --tta none")
     result = evaluate(model, getattr(data, split), preprocess, batch_size, dev, num_classes=len(info["classes"]),
-                      progress=True)
-    return EvalReport(str(checkpoint), split, list(info["classes"]), result["loss"], result["acc"], result["confusion"])
+                      progress=True, flip_tta=tta == "flip")
+    return EvalReport(str(checkpoint), split, list(info["classes"]), result["loss"], result["acc"], result["confusion"],
+                      tta)
 
 
 def write_eval_report(report: EvalReport, out: Path) -> None:
@@ -83,7 +101,7 @@ def write_eval_report(report: EvalReport, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(
         {"checkpoint": report.checkpoint, "split": report.split, "accuracy": report.acc, "loss": report.loss,
-         "images": int(report.confusion.sum())}, indent=2) + "\n")
+         "images": int(report.confusion.sum()), "tta": report.tta}, indent=2) + "\n")
     with open(out / "per_class.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["class", "images", "accuracy"])

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 AUGMENTATIONS = ("none", "digits", "flip", "crop_flip", "randaugment")
+FLIP_AUGMENTATIONS = ("flip", "crop_flip")  # those that mirror images (RandAugment's operations never do)
 
 
 def random_affine(

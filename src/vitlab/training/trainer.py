@@ -68,9 +68,14 @@ def preprocessing_info(data: ImageData, cfg: RunConfig) -> dict[str, Any]:
 
 @torch.no_grad()
 def evaluate(model: ViT, split: ImageSplit, preprocess: Preprocess, batch_size: int, device: torch.device,
-             precision: str = "auto", num_classes: int | None = None, progress: bool = False) -> dict[str, Any]:
+             precision: str = "auto", num_classes: int | None = None, progress: bool = False,
+             flip_tta: bool = False) -> dict[str, Any]:
     """Loss, accuracy, the confusion matrix (rows: true class, columns: predicted), and each image's
-    prediction and its probability (``predicted``, ``confidence``, in split order)."""
+    prediction and its probability (``predicted``, ``confidence``, in split order).
+
+    ``flip_tta`` (test-time augmentation) classifies each image and its mirror image and averages
+    the two probability vectors; only meaningful for a model trained with horizontal flips.
+    """
     model.eval()
     num_classes = num_classes or model.num_classes
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
@@ -81,7 +86,12 @@ def evaluate(model: ViT, split: ImageSplit, preprocess: Preprocess, batch_size: 
         x = preprocess(images.to(device, non_blocking=True))
         with autocast_context(device, precision):
             logits = model(x)
+            if flip_tta:
+                mirrored = model(x.flip(-1))
         logits, labels = logits.float().cpu(), labels.cpu()
+        if flip_tta:  # log of the mean probability: the loss and the prediction of the averaged model
+            mean_probs = (logits.softmax(1) + mirrored.float().cpu().softmax(1)) / 2
+            logits = mean_probs.clamp_min(torch.finfo(mean_probs.dtype).tiny).log()
         total_loss += F.cross_entropy(logits, labels, reduction="sum").item()
         seen += len(labels)
         probs, guess = logits.softmax(1).max(1)
