@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from vitlab.data.datasets import ImageSplit
@@ -93,3 +94,16 @@ def test_batch_that_does_not_split_is_a_clear_error(pattern_folder, tmp_path):
     assert result.returncode != 0
     assert "multiple of 2" in result.stderr
     assert not Path(tmp_path / "odd" / "metrics.jsonl").exists()
+
+
+def test_two_processes_agree_on_the_epochs_a_time_budget_allows(pattern_folder, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("WORLD_SIZE", None)
+    run = tmp_path / "budget"
+    args = ["--run_dir", str(run), *RUN, "--data.path", str(pattern_folder), "--train.time_budget_s", "4"]
+    result = _train(args, env, processes=2)  # a process planning another number would hang at the next all-reduce
+    assert result.returncode == 0, result.stderr[-3000:]
+    planned = yaml.safe_load((run / "config.yaml").read_text())["train"]["epochs"]
+    history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in history] == list(range(1, planned + 1))
+    assert history[-1]["elapsed_s"] < 4 or planned == 1  # the training loop ends inside the budget (unless one epoch overran it)

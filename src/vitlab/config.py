@@ -86,6 +86,10 @@ class TrainConfig:
     """Optimisation: AdamW with decoupled weight decay, warm-up + cosine, label smoothing, clipping."""
 
     epochs: int = 10
+    """Epochs to train (with ``time_budget_s``: planned after the first epoch instead)."""
+    time_budget_s: Optional[float] = None
+    """Train for this many seconds of wall time: the first epoch is timed and ``epochs`` becomes the number that
+    fits (the cosine schedule follows it; the plan goes into config.yaml). None: train ``epochs`` epochs."""
     batch_size: int = 128
     optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
     lr: float = 1e-3

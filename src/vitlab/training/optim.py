@@ -71,8 +71,11 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str, min
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int,
-                    ft: FinetuneConfig | None = None):
+                    ft: FinetuneConfig | None = None, steps_done: int = 0):
     """A per-step ``LambdaLR``: warm-up over ``warmup_epochs``, cosine down to ``min_lr``.
+
+    ``steps_done``: continue a run ``steps_done`` steps in (the optimizer's rates are set for the
+    next step), as when a time budget re-plans the number of epochs after the first one.
 
     A staged fine-tune gives the backbone its own schedule: nothing during the head-only
     epochs, then warm-up and cosine at ``backbone_lr_scale`` times the rate.
@@ -82,11 +85,12 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_pe
     min_ratio = cfg.min_lr / cfg.lr if cfg.lr > 0 else 0.0
     whole = functools.partial(lr_factor, total_steps=total, warmup_steps=warmup, schedule=cfg.schedule, min_ratio=min_ratio)
     if ft is None or ft.mode != "staged":
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, whole)
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, whole, last_epoch=steps_done - 1)
     start = ft.head_epochs * steps_per_epoch
     later = functools.partial(_after_start, start=start, scale=ft.backbone_lr_scale, total=total - start, warmup=warmup,
                               schedule=cfg.schedule, min_ratio=min_ratio)
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, [whole if g["is_head"] else later for g in optimizer.param_groups])
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, [whole if g["is_head"] else later for g in optimizer.param_groups],
+                                             last_epoch=steps_done - 1)
 
 
 def _after_start(step: int, start: int, scale: float, total: int, warmup: int, schedule: str, min_ratio: float) -> float:

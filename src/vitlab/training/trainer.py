@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import itertools
 import json
 import time
 from dataclasses import dataclass, replace
@@ -24,6 +25,7 @@ from vitlab.baselines import build_model, model_flops
 from vitlab.config import FinetuneConfig, RunConfig, TrainConfig
 from vitlab.data import ImageData, ImageSplit, Preprocess, iterate_batches, load_data, num_batches
 from vitlab.model import ViT
+from vitlab.training.budget import WARM_STEPS, epoch_seconds, planned_epochs
 from vitlab.training.checkpoint import (
     atomic_write_text,
     load_resume_state,
@@ -143,9 +145,12 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
     torchrun, every process runs this with its share of each batch (see
     :mod:`vitlab.training.distributed`); rank 0 alone writes the run directory and prints.
     """
+    called = time.perf_counter()  # a time budget counts from here: loading the data is part of the run
     run_dir = Path(run_dir)
     cfg = read_run_config(run_dir) if resume else copy.deepcopy(cfg)  # never change the caller's config
     tc, ft = cfg.train, cfg.finetune
+    if tc.time_budget_s is not None and tc.time_budget_s <= 0:
+        raise ValueError(f"--train.time_budget_s must be a positive number of seconds, got {tc.time_budget_s}")
     if ft is not None and cfg.arch != "vit":
         raise ValueError(f"fine-tuning starts from pretrained ViT weights; it cannot train --arch {cfg.arch}")
     if tc.threads:
@@ -224,8 +229,9 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
     val = None
     board = tensorboard_writer(run_dir) if tc.tensorboard and ctx.is_main else None
     compiled = torch.compile(step_model) if tc.compile and not ctx.enabled else None
-    for epoch in range(start_epoch, tc.epochs):
-        if stop_after_epoch is not None and epoch >= stop_after_epoch:
+    plan_epochs = tc.time_budget_s is not None and start_epoch == 0  # a resumed run keeps its plan (config.yaml)
+    for epoch in itertools.count(start_epoch):  # not range(): a time budget sets tc.epochs after the first epoch
+        if epoch >= tc.epochs or (stop_after_epoch is not None and epoch >= stop_after_epoch):
             break
         seed = epoch_seed(tc.seed, epoch)
         torch.manual_seed(seed + 7919 * ctx.rank)  # dropout and drop path (own masks per process)
@@ -243,7 +249,7 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
                 runner = torch.compile(runner)
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
-        seen, epoch_start = 0, time.perf_counter()
+        seen, epoch_start, warm_at = 0, time.perf_counter(), None
         bar = tqdm(iterate_batches(train_split, tc.batch_size, shuffle=True, generator=order,
                                    num_workers=cfg.data.num_workers, shard=(ctx.rank, ctx.world_size)),
                    total=steps_per_epoch, desc=f"epoch {epoch + 1}/{tc.epochs}", leave=False, disable=not progress,
@@ -270,16 +276,36 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
             loss_sum += loss.detach() * len(y)
             correct += (logits.argmax(1) == y).sum()
             seen += len(y)
+            if plan_epochs and step + 1 == WARM_STEPS:
+                warm_at = _synchronized_time(device)
             if progress and (step % 20 == 0 or step == steps_per_epoch - 1):
                 rate = seen / max(1e-9, time.perf_counter() - epoch_start)
                 bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", acc=f"{correct.item() / seen:.4f}",
                                 lr=f"{max(g['lr'] for g in optimizer.param_groups):.2e}", img_s=f"{rate:.0f}")
         bar.close()
-        train_time = time.perf_counter() - epoch_start
+        train_end = _synchronized_time(device) if plan_epochs else time.perf_counter()
+        train_time = train_end - epoch_start
         if ctx.enabled:  # the epoch's numbers over all processes
             loss_sum, correct, seen_all = ctx.all_sum(loss_sum, correct, torch.tensor(float(seen)))
             seen = int(seen_all.item())
         val = evaluate(eval_model, val_split, eval_preprocess, tc.eval_batch_size, device, tc.precision, data.num_classes)
+        if plan_epochs:  # the first epoch is done: as many more as fit in the budget, the schedule over them all
+            plan_epochs = False
+            timed = steps_per_epoch - WARM_STEPS if warm_at is not None else 0
+            epoch_s = epoch_seconds(steps_per_epoch, timed, train_end - (warm_at or train_end), train_time,
+                                    time.perf_counter() - train_end)
+            elapsed_s = time.perf_counter() - called
+            if ctx.enabled:  # every process must plan the same number
+                epoch_s, elapsed_s = (v.item() / ctx.world_size for v in ctx.all_sum(torch.tensor(epoch_s),
+                                                                                    torch.tensor(elapsed_s)))
+            tc.epochs = planned_epochs(tc.time_budget_s, elapsed_s, epoch_s, done_epochs=epoch + 1)
+            scheduler = build_scheduler(optimizer, tc, steps_per_epoch, ft, steps_done=scheduler.last_epoch)
+            info["run_config"] = cfg.to_dict()
+            if ctx.is_main:
+                atomic_write_text(run_dir / CONFIG_FILE, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+            if progress:
+                tqdm.write(f"time budget {tc.time_budget_s:.0f} s: {elapsed_s:.0f} s used, {epoch_s:.1f} s per epoch "
+                           f"from now on -> {tc.epochs} epochs in all")
         record = {
             "epoch": epoch + 1, "train_loss": loss_sum.item() / seen, "train_acc": correct.item() / seen,
             "val_loss": val["loss"], "val_acc": val["acc"], "lr": max(g["lr"] for g in optimizer.param_groups),
@@ -328,6 +354,13 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
     if ctx.enabled:
         torch.distributed.destroy_process_group()
     return TrainResult(run_dir, history, best_acc)
+
+
+def _synchronized_time(device: torch.device) -> float:
+    """``perf_counter()`` once the device has finished the work queued so far (CUDA runs asynchronously)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
 
 
 def tensorboard_writer(run_dir: Path):

@@ -1,0 +1,102 @@
+"""--train.time_budget_s: the number of epochs planned from the first epoch's time."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import yaml
+from torch import nn
+
+import vitlab.training.trainer as trainer_module
+from test_training import tiny_run
+from vitlab.config import FinetuneConfig, RunConfig, TrainConfig
+from vitlab.training import load_checkpoint, train
+from vitlab.training.budget import SAFETY, epoch_seconds, planned_epochs
+from vitlab.training.optim import build_optimizer, build_scheduler
+
+
+def test_planned_epochs_fill_the_rest_of_the_budget():
+    assert planned_epochs(100, elapsed_s=10, epoch_s=20) == 1 + int(SAFETY * 90 // 20)  # 1 done + 4 more
+    assert planned_epochs(3600, elapsed_s=300, epoch_s=200, done_epochs=1) == 1 + int(SAFETY * 3300 // 200)
+    assert planned_epochs(100, elapsed_s=150, epoch_s=20) == 1  # over budget already: stop after the first
+    with pytest.raises(ValueError, match="must be positive"):
+        planned_epochs(0, elapsed_s=1, epoch_s=1)
+    # the steady rate, not the first steps' compile time: 10 s over 90 steps -> 100 steps in 11.1 s, + 2 s validation
+    assert epoch_seconds(100, timed_steps=90, timed_s=10.0, train_s=70.0, val_s=2.0) == pytest.approx(100 / 9 + 2)
+    assert epoch_seconds(3, timed_steps=0, timed_s=0.0, train_s=1.5, val_s=0.5) == 2.0  # too short to time
+
+
+@pytest.mark.parametrize("staged", [False, True])
+def test_a_rebuilt_schedule_continues_as_if_planned_from_the_start(staged):
+    """Re-planning after k steps: from then on the rates are those of the run planned with the new total."""
+    ft = FinetuneConfig(mode="staged", head_epochs=1, backbone_lr_scale=0.3) if staged else None
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
+    model.head = model[1]  # lets param_groups see a head
+    steps, k = 10, 10  # re-planned after the first epoch
+    planned = TrainConfig(epochs=7, lr=1e-2, warmup_epochs=1.0)
+    opt_a = build_optimizer(model, planned, ft)
+    sched_a = build_scheduler(opt_a, planned, steps, ft)
+    opt_b = build_optimizer(model, TrainConfig(epochs=30, lr=1e-2, warmup_epochs=1.0), ft)
+    sched_b = build_scheduler(opt_b, TrainConfig(epochs=30, lr=1e-2, warmup_epochs=1.0), steps, ft)
+    for _ in range(k):
+        opt_a.step(), sched_a.step(), opt_b.step(), sched_b.step()
+    sched_b = build_scheduler(opt_b, planned, steps, ft, steps_done=sched_b.last_epoch)
+    for _ in range(steps * planned.epochs - k):
+        assert [g["lr"] for g in opt_b.param_groups] == pytest.approx([g["lr"] for g in opt_a.param_groups], rel=1e-12)
+        opt_a.step(), sched_a.step(), opt_b.step(), sched_b.step()
+    assert min(g["lr"] for g in opt_a.param_groups) < 1e-4  # the cosine reached its end: the comparison covered it
+
+
+@pytest.fixture
+def capped_plan(monkeypatch):
+    """The real plan, recorded, but at most 4 epochs so that the test stays short on any machine."""
+    calls = []
+
+    def plan(budget_s, elapsed_s, epoch_s, done_epochs=1):
+        calls.append({"budget_s": budget_s, "elapsed_s": elapsed_s, "epoch_s": epoch_s, "done": done_epochs,
+                      "planned": planned_epochs(budget_s, elapsed_s, epoch_s, done_epochs)})
+        return min(4, calls[-1]["planned"])
+
+    monkeypatch.setattr(trainer_module, "planned_epochs", plan)
+    return calls
+
+
+def test_a_budgeted_run_plans_its_epochs_and_equals_the_run_planned_by_hand(pattern_folder, tmp_path, capped_plan):
+    cfg = tiny_run(pattern_folder, epochs=50, warmup_epochs=1.0, time_budget_s=10.0)
+    result = train(cfg, tmp_path / "budget", progress=False)
+    (call,) = capped_plan  # planned once, after the first epoch
+    first = result.history[0]
+    assert call["done"] == 1 and call["budget_s"] == 10.0
+    assert first["elapsed_s"] <= call["elapsed_s"]  # counted from the start of train(), data loading included
+    assert 0 < call["epoch_s"] <= 2 * first["epoch_s"]  # validation in, the first steps' warm-up out
+    epochs = min(4, call["planned"])
+    saved = yaml.safe_load((tmp_path / "budget" / "config.yaml").read_text())
+    assert saved["train"]["epochs"] == epochs and saved["train"]["time_budget_s"] == 10.0  # the plan is kept
+    assert [h["epoch"] for h in result.history] == list(range(1, epochs + 1))
+    assert load_checkpoint(tmp_path / "budget" / "last.safetensors")[1]["run_config"]["train"]["epochs"] == epochs
+
+    # warm-up covers the first epoch, so the budgeted run is the run asked for with --train.epochs N
+    by_hand = train(tiny_run(pattern_folder, epochs=epochs, warmup_epochs=1.0), tmp_path / "by_hand", progress=False)
+    assert [h["train_loss"] for h in by_hand.history] == [h["train_loss"] for h in result.history]
+    a, _ = load_checkpoint(tmp_path / "budget" / "last.safetensors")
+    b, _ = load_checkpoint(tmp_path / "by_hand" / "last.safetensors")
+    for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(p, q), name
+
+    # cut after the planned first epoch and resumed: the plan is read back, not made again
+    train(cfg, tmp_path / "cut", progress=False, stop_after_epoch=1)
+    planned_before = len(capped_plan)
+    resumed = train(RunConfig(), tmp_path / "cut", resume=True, progress=False)
+    assert len(capped_plan) == planned_before
+    cut_epochs = yaml.safe_load((tmp_path / "cut" / "config.yaml").read_text())["train"]["epochs"]
+    assert [h["epoch"] for h in resumed.history] == list(range(1, cut_epochs + 1))
+    if cut_epochs == epochs:  # the cut run timed its own first epoch; with the same plan it is the same run
+        c, _ = load_checkpoint(tmp_path / "cut" / "last.safetensors")
+        for (name, p), q in zip(a.state_dict().items(), c.state_dict().values()):
+            assert torch.equal(p, q), name
+
+
+def test_a_budget_that_is_not_positive_is_refused_before_training(pattern_folder, tmp_path):
+    with pytest.raises(ValueError, match="time_budget_s must be a positive"):
+        train(tiny_run(pattern_folder, time_budget_s=0.0), tmp_path / "r", progress=False)
+    assert not (tmp_path / "r").exists()
