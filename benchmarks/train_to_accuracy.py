@@ -63,7 +63,9 @@ def main() -> int:
     parser.add_argument("--resume", action="store_true",
                         help="continue the interrupted run in --run-dir; its wall time is then the training time of "
                              "all finished epochs plus this start-up (the epoch cut short by the kill is not counted)")
-    parser.add_argument("--tta", default="none", choices=["none", "flip"],
+    from vitlab.evaluate import TTA_MODES
+
+    parser.add_argument("--tta", default="none", choices=TTA_MODES,
                         help="also evaluate the final checkpoint with this test-time augmentation (`vitlab eval --tta`) "
                              "and record it beside the single-view accuracy, which alone decides `met`")
     parser.add_argument("extra", nargs="*", help="more `vitlab train` flags")

@@ -178,7 +178,7 @@ def cmd_weights(argv: list[str]) -> int:
 
 
 def cmd_eval(argv: list[str]) -> int:
-    from vitlab.evaluate import evaluate_checkpoint, write_eval_report
+    from vitlab.evaluate import TTA_MODES, evaluate_checkpoint, write_eval_report
 
     parser = ArgumentParser(prog="vitlab eval", description="Accuracy, per-class accuracy and confusion matrix.")
     parser.add_argument("checkpoint", help="a .safetensors checkpoint or a run directory (takes best)")
@@ -188,7 +188,7 @@ def cmd_eval(argv: list[str]) -> int:
     parser.add_argument("--data_path", "--data-path", default=None, help="override the image folder path")
     parser.add_argument("--batch_size", type=int, default=512)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--tta", default="none", choices=["none", "flip"],
+    parser.add_argument("--tta", default="none", choices=TTA_MODES,
                         help="test-time augmentation: flip averages each image's and its mirror image's predictions "
                              "(for models trained with flips)")
     parser.add_argument("--out", default=None, help="write metrics.json, per_class.csv and confusion.csv here")

@@ -130,7 +130,12 @@ def prepare_run_dir(run_dir: Path, cfg: RunConfig, resume: bool) -> None:
             f"`vitlab train --resume {run_dir}`, or choose another --run_dir (nothing was overwritten)"
         )
     run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(config_file, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    write_run_config(run_dir, cfg)
+
+
+def write_run_config(run_dir: Path, cfg: RunConfig) -> None:
+    """The resolved configuration as ``RUN_DIR/config.yaml`` (atomically)."""
+    atomic_write_text(run_dir / CONFIG_FILE, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
 def read_run_config(run_dir: Path) -> RunConfig:
@@ -291,9 +296,8 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
         val = evaluate(eval_model, val_split, eval_preprocess, tc.eval_batch_size, device, tc.precision, data.num_classes)
         if plan_epochs:  # the first epoch is done: as many more as fit in the budget, the schedule over them all
             plan_epochs = False
-            timed = steps_per_epoch - WARM_STEPS if warm_at is not None else 0
-            epoch_s = epoch_seconds(steps_per_epoch, timed, train_end - (warm_at or train_end), train_time,
-                                    time.perf_counter() - train_end)
+            timed, timed_s = (steps_per_epoch - WARM_STEPS, train_end - warm_at) if warm_at is not None else (0, 0.0)
+            epoch_s = epoch_seconds(steps_per_epoch, timed, timed_s, train_time, time.perf_counter() - train_end)
             elapsed_s = time.perf_counter() - called
             if ctx.enabled:  # every process must plan the same number
                 epoch_s, elapsed_s = (v.item() / ctx.world_size for v in ctx.all_sum(torch.tensor(epoch_s),
@@ -302,7 +306,7 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
             scheduler = build_scheduler(optimizer, tc, steps_per_epoch, ft, steps_done=scheduler.last_epoch)
             info["run_config"] = cfg.to_dict()
             if ctx.is_main:
-                atomic_write_text(run_dir / CONFIG_FILE, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+                write_run_config(run_dir, cfg)
             if progress:
                 tqdm.write(f"time budget {tc.time_budget_s:.0f} s: {elapsed_s:.0f} s used, {epoch_s:.1f} s per epoch "
                            f"from now on -> {tc.epochs} epochs in all")
