@@ -36,12 +36,12 @@ def test_shards_split_each_global_batch():
     assert local_batch_size(32, Distributed(1, 2)) == 16
 
 
-def _train(args: list[str], env: dict, processes: int = 1) -> subprocess.CompletedProcess:
+def _train(args: list[str], env: dict, processes: int = 1, command_name: str = "train") -> subprocess.CompletedProcess:
     if processes == 1:
-        command = [sys.executable, "-m", "vitlab.cli", "train", *args]
+        command = [sys.executable, "-m", "vitlab.cli", command_name, *args]
     else:
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
-                   "-m", "vitlab.cli", "train", *args]
+                   "-m", "vitlab.cli", command_name, *args]
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
 
 
@@ -107,3 +107,30 @@ def test_two_processes_agree_on_the_epochs_a_time_budget_allows(pattern_folder, 
     history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [h["epoch"] for h in history] == list(range(1, planned + 1))
     assert history[-1]["elapsed_s"] < 4 or planned == 1  # the training loop ends inside the budget (unless one epoch overran it)
+
+
+def test_two_processes_fine_tune_staged_like_one(pattern_folder, tmp_path):
+    """Head-only epoch, then the whole model: the unfrozen backbone's gradients are averaged over both processes too."""
+    from safetensors.torch import save_file
+
+    from vitlab.model import ViT, ViTConfig
+
+    torch.manual_seed(0)
+    pretrained = ViT(ViTConfig(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=1000))
+    weights = tmp_path / "tiny_vit.safetensors"
+    save_file({k: v.contiguous() for k, v in pretrained.state_dict().items()}, str(weights))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("WORLD_SIZE", None)
+    common = ["--pretrained", str(weights), "--dataset", "imagefolder", "--data.path", str(pattern_folder), "--mode",
+              "staged", "--finetune.head_epochs", "1", "--train.epochs", "2", "--train.batch_size", "32",
+              "--train.warmup_epochs", "0", "--train.lr", "3e-3", "--train.threads", "1", "--data.num_workers", "0",
+              "--data.augment", "none", "--quiet"]
+    runs = {}
+    for name, processes in (("single", 1), ("ddp", 2)):
+        result = _train(["--run_dir", str(tmp_path / name), *common], env, processes, command_name="finetune")
+        assert result.returncode == 0, result.stderr[-3000:]
+        runs[name] = load_file(str(tmp_path / name / "last.safetensors"))
+    before = pretrained.state_dict()
+    assert not torch.allclose(runs["single"]["blocks.0.attn.qkv.weight"], before["blocks.0.attn.qkv.weight"])
+    for key in runs["single"]:
+        torch.testing.assert_close(runs["ddp"][key], runs["single"][key], atol=2e-5, rtol=1e-4, msg=key)

@@ -2,7 +2,8 @@
 
 A recipe measured on one machine ("16 epochs take an hour") overshoots on a slower one and
 wastes time on a faster one. With ``--train.time_budget_s`` the first epoch is timed, its rate
-taken after the first steps (which compile kernels and warm caches), and the number of epochs
+taken after the first steps (which compile kernels and warm caches) and before the last one (a
+smaller last batch makes a compiled model compile again), and the number of epochs
 becomes what fits in the rest of the budget; the cosine schedule then runs over exactly those
 epochs. The plan is written to the run's ``config.yaml``, so a resumed run keeps it. When the
 warm-up lasts at least the first epoch, that epoch's learning rates do not depend on the total,

@@ -234,6 +234,7 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
     val = None
     board = tensorboard_writer(run_dir) if tc.tensorboard and ctx.is_main else None
     compiled = torch.compile(step_model) if tc.compile and not ctx.enabled else None
+    ddp_runner, ddp_frozen = None, None
     plan_epochs = tc.time_budget_s is not None and start_epoch == 0  # a resumed run keeps its plan (config.yaml)
     for epoch in itertools.count(start_epoch):  # not range(): a time budget sets tc.epochs after the first epoch
         if epoch >= tc.epochs or (stop_after_epoch is not None and epoch >= stop_after_epoch):
@@ -246,15 +247,13 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
         set_backbone_trainable(model, not frozen)
         model.train(not frozen)  # a frozen backbone runs as at inference: no dropout, no drop path
         runner = compiled if compiled is not None else step_model
-        if ctx.enabled:  # wrapped per epoch: staged fine-tuning changes what is trainable
-            from torch.nn.parallel import DistributedDataParallel
-
-            runner = DistributedDataParallel(step_model, device_ids=[device.index] if device.type == "cuda" else None)
-            if tc.compile:
-                runner = torch.compile(runner)
+        if ctx.enabled:  # wrapped again only when staged fine-tuning changes what is trainable (and compiled once per wrap)
+            if ddp_frozen != frozen:
+                ddp_runner, ddp_frozen = _data_parallel(step_model, device, tc.compile), frozen
+            runner = ddp_runner
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
-        seen, epoch_start, warm_at = 0, time.perf_counter(), None
+        seen, epoch_start, warm_at, steady_end = 0, time.perf_counter(), None, None
         bar = tqdm(iterate_batches(train_split, tc.batch_size, shuffle=True, generator=order,
                                    num_workers=cfg.data.num_workers, shard=(ctx.rank, ctx.world_size)),
                    total=steps_per_epoch, desc=f"epoch {epoch + 1}/{tc.epochs}", leave=False, disable=not progress,
@@ -283,6 +282,8 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
             seen += len(y)
             if plan_epochs and step + 1 == WARM_STEPS:
                 warm_at = _synchronized_time(device)
+            if plan_epochs and warm_at is not None and step + 2 == steps_per_epoch:  # the last batch is not timed:
+                steady_end = _synchronized_time(device)  # a smaller one makes a compiled model compile again
             if progress and (step % 20 == 0 or step == steps_per_epoch - 1):
                 rate = seen / max(1e-9, time.perf_counter() - epoch_start)
                 bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", acc=f"{correct.item() / seen:.4f}",
@@ -296,7 +297,8 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
         val = evaluate(eval_model, val_split, eval_preprocess, tc.eval_batch_size, device, tc.precision, data.num_classes)
         if plan_epochs:  # the first epoch is done: as many more as fit in the budget, the schedule over them all
             plan_epochs = False
-            timed, timed_s = (steps_per_epoch - WARM_STEPS, train_end - warm_at) if warm_at is not None else (0, 0.0)
+            timed = steps_per_epoch - 1 - WARM_STEPS if steady_end is not None else 0
+            timed_s = steady_end - warm_at if timed > 0 else 0.0
             epoch_s = epoch_seconds(steps_per_epoch, timed, timed_s, train_time, time.perf_counter() - train_end)
             elapsed_s = time.perf_counter() - called
             if ctx.enabled:  # every process must plan the same number
@@ -413,6 +415,14 @@ def uses_feature_cache(cfg: RunConfig) -> bool:
 
 def _features_as_input(x: torch.Tensor, train: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
     return x
+
+
+def _data_parallel(module: torch.nn.Module, device: torch.device, compile_: bool) -> torch.nn.Module:
+    """``module`` in DistributedDataParallel (gradients averaged over the processes), compiled if asked."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    wrapped = DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
+    return torch.compile(wrapped) if compile_ else wrapped
 
 
 @torch.no_grad()
