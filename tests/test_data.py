@@ -230,3 +230,13 @@ def test_environment_variables_choose_the_roots(monkeypatch, tmp_path):
     assert cfg.resolved_data_dir() == tmp_path / "d" and cfg.resolved_cache_dir() == tmp_path / "c"
     assert DataConfig(data_dir=str(tmp_path)).resolved_data_dir() == tmp_path
     assert os.environ["VITLAB_DATA_DIR"].endswith("d")
+
+
+def test_decoding_an_image_folder_shows_a_bar_only_when_asked(pattern_folder, tmp_path, capfd):
+    quiet = load_data(DataConfig(dataset="imagefolder", path=str(pattern_folder), num_workers=0,
+                                 cache_dir=str(tmp_path / "quiet")), image_size=(16, 16), progress=False)
+    assert "decoding" not in capfd.readouterr().err  # `vitlab train --quiet`: nothing on the terminal
+    shown = load_data(DataConfig(dataset="imagefolder", path=str(pattern_folder), num_workers=0,
+                                 cache_dir=str(tmp_path / "shown")), image_size=(16, 16))
+    assert "decoding" in capfd.readouterr().err
+    assert torch.equal(quiet.train.images, shown.train.images)

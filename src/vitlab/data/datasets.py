@@ -85,8 +85,9 @@ class ImageData:
 
 
 def load_data(cfg: DataConfig, image_size: tuple[int, int] | None = None, seed: int = 0,
-              splits: tuple[str, ...] = ("train", "val")) -> ImageData:
-    """Load the data set named by ``cfg``; ``image_size`` is the decode size for image folders and hf: sources."""
+              splits: tuple[str, ...] = ("train", "val"), progress: bool = True) -> ImageData:
+    """Load the data set named by ``cfg``; ``image_size`` is the decode size for image folders and hf: sources
+    (decoded once into a cache, with a progress bar unless ``progress`` is False)."""
     name = cfg.dataset.lower().replace("-", "_")
     notes: dict = {}
     stats = None
@@ -94,16 +95,16 @@ def load_data(cfg: DataConfig, image_size: tuple[int, int] | None = None, seed: 
         from vitlab.data.hf import load_hf  # `datasets` is imported only for hf: sources
 
         name = cfg.dataset
-        train, test, classes, notes, stats = load_hf(cfg, image_size, splits, seed)
+        train, test, classes, notes, stats = load_hf(cfg, image_size, splits, seed, progress)
     elif name not in DATASETS:
         raise ValueError(f"unknown dataset {cfg.dataset!r}; choose one of {list(DATASETS)} (imagefolder needs --data.path) "
                          "or hf:NAME (Hugging Face datasets)")
     elif name in ("mnist", "fashion_mnist"):
         train, test, classes = _load_mnist_like(cfg, name, splits)
     elif name in ("cifar10", "cifar100"):
-        train, test, classes = _load_cifar(cfg, name, splits)
+        train, test, classes = _load_cifar(cfg, name, splits, progress)
     else:
-        train, test, classes = _load_image_folder(cfg, image_size, splits)
+        train, test, classes = _load_image_folder(cfg, image_size, splits, progress)
 
     if cfg.val_fraction > 0 and "train" in splits:
         train, test, split_notes = _split_off_validation(train, cfg.val_fraction, seed)
@@ -197,7 +198,7 @@ def _load_mnist_like(cfg: DataConfig, name: str, splits: tuple[str, ...]):
 _CIFAR_CLASSES_10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
-def _load_cifar(cfg: DataConfig, name: str, splits: tuple[str, ...]):
+def _load_cifar(cfg: DataConfig, name: str, splits: tuple[str, ...], progress: bool):
     from torchvision import datasets
 
     cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
@@ -205,9 +206,9 @@ def _load_cifar(cfg: DataConfig, name: str, splits: tuple[str, ...]):
     pickled = root / cls.base_folder  # cifar-10-batches-py / cifar-100-python (official download)
     png_folder = next((p for p in (root / name, root / name.upper()) if (p / "train").is_dir()), None)
     if png_folder is not None and not pickled.exists():
-        train = _folder_split(png_folder / "train", cfg, None) if "train" in splits else None
+        train = _folder_split(png_folder / "train", cfg, None, progress=progress) if "train" in splits else None
         test_dir = png_folder / "test" if (png_folder / "test").is_dir() else png_folder / "val"
-        test = _folder_split(test_dir, cfg, None) if "val" in splits else None
+        test = _folder_split(test_dir, cfg, None, progress=progress) if "val" in splits else None
         classes = _class_names(png_folder / "train")
         return train, test, classes
     if not pickled.exists() and not cfg.download:
@@ -234,7 +235,7 @@ def _class_names(folder: Path) -> list[str]:
     return sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
 
 
-def _load_image_folder(cfg: DataConfig, image_size: tuple[int, int] | None, splits: tuple[str, ...]):
+def _load_image_folder(cfg: DataConfig, image_size: tuple[int, int] | None, splits: tuple[str, ...], progress: bool):
     if not cfg.path:
         raise ValueError("dataset 'imagefolder' needs --data.path DIR (class sub-folders, or train/ and val/)")
     root = Path(cfg.path).expanduser()
@@ -245,13 +246,13 @@ def _load_image_folder(cfg: DataConfig, image_size: tuple[int, int] | None, spli
     if (root / "train").is_dir():
         val_dir = next((root / v for v in ("val", "valid", "validation", "test") if (root / v).is_dir()), None)
         classes = _class_names(root / "train")
-        train = _folder_split(root / "train", cfg, image_size, classes) if "train" in splits else None
-        val = _folder_split(val_dir, cfg, image_size, classes) if val_dir is not None and "val" in splits else None
+        train = _folder_split(root / "train", cfg, image_size, classes, progress) if "train" in splits else None
+        val = _folder_split(val_dir, cfg, image_size, classes, progress) if val_dir is not None and "val" in splits else None
         return train, val, classes
     classes = _class_names(root)
     if cfg.val_fraction <= 0:
         raise ValueError(f"{root} has no train/ and val/ sub-folders: set --data.val_fraction (e.g. 0.2) to split it")
-    return _folder_split(root, cfg, image_size, classes), None, classes
+    return _folder_split(root, cfg, image_size, classes, progress), None, classes
 
 
 def _list_images(folder: Path, classes: list[str]) -> tuple[list[Path], list[int]]:
@@ -313,7 +314,8 @@ class FolderImages(Dataset):
             return TF.pil_to_tensor(img), self.labels[i]
 
 
-def _folder_split(folder: Path, cfg: DataConfig, image_size, classes: list[str] | None = None) -> ImageSplit:
+def _folder_split(folder: Path, cfg: DataConfig, image_size, classes: list[str] | None = None,
+                  progress: bool = True) -> ImageSplit:
     classes = classes or _class_names(folder)
     files, labels = _list_images(folder, classes)
     from PIL import Image
@@ -327,10 +329,10 @@ def _folder_split(folder: Path, cfg: DataConfig, image_size, classes: list[str] 
     if nbytes > cfg.max_cache_gib * 2**30:
         log.info("%s: %d images stream from disk (%.1f GiB > max_cache_gib)", folder, len(files), nbytes / 2**30)
         return ImageSplit(torch.tensor(labels), stream=dataset)
-    return ImageSplit(torch.tensor(labels), images=_cached_tensor(dataset, cfg, folder, size))
+    return ImageSplit(torch.tensor(labels), images=_cached_tensor(dataset, cfg, folder, size, progress))
 
 
-def _cached_tensor(dataset: FolderImages, cfg: DataConfig, folder: Path, size) -> torch.Tensor:
+def _cached_tensor(dataset: FolderImages, cfg: DataConfig, folder: Path, size, progress: bool) -> torch.Tensor:
     """Decode every image once and keep the result as a safetensors file in the cache."""
     fingerprint = hashlib.sha256(
         json.dumps([str(folder.resolve()), list(size), dataset.mode, dataset.crop_pct, dataset.interpolation, "pil",
@@ -340,10 +342,12 @@ def _cached_tensor(dataset: FolderImages, cfg: DataConfig, folder: Path, size) -
     ).hexdigest()[:16]
     cache_file = cfg.resolved_cache_dir() / "tensors" / f"{folder.parent.name}-{folder.name}-{fingerprint}.safetensors"
     channels = 1 if dataset.mode == "L" else 3
-    return _decode_once(dataset, cfg, cache_file, (channels, *size), f"decoding {folder} (once, cached)")
+    return _decode_once(dataset, cfg, cache_file, (channels, *size), f"decoding {folder} (once, cached)",
+                        progress)
 
 
-def _decode_once(dataset: Dataset, cfg: DataConfig, cache_file: Path, shape: tuple[int, ...], desc: str) -> torch.Tensor:
+def _decode_once(dataset: Dataset, cfg: DataConfig, cache_file: Path, shape: tuple[int, ...], desc: str,
+                 progress: bool = True) -> torch.Tensor:
     """Read ``cache_file``, or decode every (image, label) of ``dataset`` into a uint8 tensor and write it there atomically."""
     from safetensors.torch import load_file, save_file
 
@@ -357,7 +361,7 @@ def _decode_once(dataset: Dataset, cfg: DataConfig, cache_file: Path, shape: tup
     loader = torch.utils.data.DataLoader(dataset, batch_size=256, num_workers=min(cfg.num_workers, os.cpu_count() or 1))
     images = torch.empty((len(dataset), *shape), dtype=torch.uint8)
     i = 0
-    for batch, _ in tqdm(loader, desc=desc, unit="batch", leave=False):
+    for batch, _ in tqdm(loader, desc=desc, unit="batch", leave=False, disable=not progress):
         images[i : i + len(batch)] = batch
         i += len(batch)
     cache_file.parent.mkdir(parents=True, exist_ok=True)

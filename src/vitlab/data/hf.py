@@ -65,7 +65,8 @@ class HFDataError(ValueError):
     """An hf: source that cannot be used as it is; the message says what it holds and how to fix it."""
 
 
-def load_hf(cfg: DataConfig, image_size: tuple[int, int] | None, splits: tuple[str, ...], seed: int):
+def load_hf(cfg: DataConfig, image_size: tuple[int, int] | None, splits: tuple[str, ...], seed: int,
+            progress: bool = True):
     """``(train, val, classes, notes, (mean, std))`` of the hf: source ``cfg.dataset``, as :func:`load_data` wants them."""
     hf = _import_datasets()
     source = cfg.dataset
@@ -106,7 +107,7 @@ def load_hf(cfg: DataConfig, image_size: tuple[int, int] | None, splits: tuple[s
             continue
         if image_size is None:  # keep the images' own size, which must then be one size
             size = _common_size(hf, available[name], image_col, name, source, size)
-        decoded[name] = _decode_split(available[name], y, cfg, name, image_col, size, mode, image_size)
+        decoded[name] = _decode_split(available[name], y, cfg, name, image_col, size, mode, image_size, progress)
 
     train = decoded.get(train_name)
     val = decoded.get(val_name) if val_name is not None else None
@@ -367,7 +368,7 @@ class HFImages(Dataset):
 
 
 def _decode_split(ds, labels: torch.Tensor, cfg: DataConfig, split: str, column: str, size, mode: str,
-                  image_size: tuple[int, int] | None) -> ImageSplit:
+                  image_size: tuple[int, int] | None, progress: bool) -> ImageSplit:
     dataset = HFImages(ds, column, labels, image_size, mode, cfg.crop_pct, cfg.interpolation)
     channels = 1 if mode == "L" else 3
     nbytes = len(dataset) * channels * size[0] * size[1]
@@ -382,7 +383,8 @@ def _decode_split(ds, labels: torch.Tensor, cfg: DataConfig, split: str, column:
     name = cfg.dataset[len(HF_PREFIX):] + (f"-{Path(cfg.path).name}" if cfg.path else "")
     slug = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_.")[-48:]
     cache_file = cfg.resolved_cache_dir() / "tensors" / f"hf-{slug}-{split}-{fingerprint}.safetensors"
-    images = _decode_once(dataset, cfg, cache_file, (channels, *size), f"decoding {cfg.dataset} [{split}] (once, cached)")
+    images = _decode_once(dataset, cfg, cache_file, (channels, *size), f"decoding {cfg.dataset} [{split}] (once, cached)",
+                          progress)
     return ImageSplit(labels, images=images)
 
 

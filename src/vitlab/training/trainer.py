@@ -168,7 +168,7 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
     model, notes = None, {}
     if ft is not None and not resume:  # the architecture and preprocessing come from the weights
         model, notes = start_from_pretrained(cfg)
-    data = data or load_data(cfg.data, image_size=cfg.model.img_size, seed=tc.seed)
+    data = data or load_data(cfg.data, image_size=cfg.model.img_size, seed=tc.seed, progress=progress)
     cfg.model.num_classes = data.num_classes  # the head always matches the data
     if model is not None:
         notes["head"] = f"new zero-initialised head for {data.num_classes} classes"
