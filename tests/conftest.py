@@ -65,3 +65,21 @@ def write_pattern_folder(root: Path, split_counts: dict[str, int], size: int = 1
 def pattern_folder(tmp_path_factory) -> Path:
     """train/ and val/ with 3 classes of 16x16 RGB patterns (40 + 10 per class)."""
     return write_pattern_folder(tmp_path_factory.mktemp("patterns"), {"train": 40, "val": 10})
+
+
+@pytest.fixture(scope="session")
+def random_weights(tmp_path_factory) -> Path:
+    """A small 'pretrained' ViT (random weights) in timm's layout with a 1000-class head, saved as safetensors."""
+    import torch
+    from safetensors.torch import save_file
+
+    from vitlab.model import ViT, ViTConfig
+
+    torch.manual_seed(0)
+    model = ViT(ViTConfig(img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=3, num_classes=1000))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    path = tmp_path_factory.mktemp("weights") / "tiny_vit.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return path

@@ -109,20 +109,12 @@ def test_two_processes_agree_on_the_epochs_a_time_budget_allows(pattern_folder, 
     assert history[-1]["elapsed_s"] < 4 or planned == 1  # the training loop ends inside the budget (unless one epoch overran it)
 
 
-def test_two_processes_fine_tune_staged_like_one(pattern_folder, tmp_path):
+def test_two_processes_fine_tune_staged_like_one(pattern_folder, random_weights, tmp_path):
     """Head-only epoch, then the whole model: the unfrozen backbone's gradients are averaged over both processes too."""
-    from safetensors.torch import save_file
-
-    from vitlab.model import ViT, ViTConfig
-
-    torch.manual_seed(0)
-    pretrained = ViT(ViTConfig(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=1000))
-    weights = tmp_path / "tiny_vit.safetensors"
-    save_file({k: v.contiguous() for k, v in pretrained.state_dict().items()}, str(weights))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("WORLD_SIZE", None)
-    common = ["--pretrained", str(weights), "--dataset", "imagefolder", "--data.path", str(pattern_folder), "--mode",
-              "staged", "--finetune.head_epochs", "1", "--train.epochs", "2", "--train.batch_size", "32",
+    common = ["--pretrained", str(random_weights), "--dataset", "imagefolder", "--data.path", str(pattern_folder),
+              "--mode", "staged", "--finetune.head_epochs", "1", "--train.epochs", "2", "--train.batch_size", "32",
               "--train.warmup_epochs", "0", "--train.lr", "3e-3", "--train.threads", "1", "--data.num_workers", "0",
               "--data.augment", "none", "--quiet"]
     runs = {}
@@ -130,7 +122,7 @@ def test_two_processes_fine_tune_staged_like_one(pattern_folder, tmp_path):
         result = _train(["--run_dir", str(tmp_path / name), *common], env, processes, command_name="finetune")
         assert result.returncode == 0, result.stderr[-3000:]
         runs[name] = load_file(str(tmp_path / name / "last.safetensors"))
-    before = pretrained.state_dict()
+    before = load_file(str(random_weights))
     assert not torch.allclose(runs["single"]["blocks.0.attn.qkv.weight"], before["blocks.0.attn.qkv.weight"])
     for key in runs["single"]:
         torch.testing.assert_close(runs["ddp"][key], runs["single"][key], atol=2e-5, rtol=1e-4, msg=key)

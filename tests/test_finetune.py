@@ -7,26 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from vitlab.cli import main
 from vitlab.config import DataConfig, FinetuneConfig, RunConfig, TrainConfig
 from vitlab.model import ViT, ViTConfig
 from vitlab.training import train
 from vitlab.training.optim import build_optimizer, build_scheduler, param_groups
-
-
-@pytest.fixture(scope="module")
-def tiny_weights(tmp_path_factory) -> Path:
-    """A small 'pretrained' ViT in timm's layout (1000-class head) saved as safetensors."""
-    torch.manual_seed(0)
-    model = ViT(ViTConfig(img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=3, num_classes=1000))
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.02)
-    path = tmp_path_factory.mktemp("weights") / "tiny_vit.safetensors"
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
-    return path
 
 
 def finetune_cfg(pattern_folder: Path, weights: Path, mode: str, epochs: int = 2, **ft) -> RunConfig:
@@ -46,11 +33,11 @@ def assert_same_backbone(a: dict, b: dict) -> None:
     assert all(torch.equal(a[k], b[k]) for k in backbone(a))
 
 
-def test_linear_probe_trains_only_the_head_with_the_weights_preprocessing(pattern_folder, tiny_weights, tmp_path):
-    result = train(finetune_cfg(pattern_folder, tiny_weights, "linear", epochs=3), tmp_path / "run", progress=False)
+def test_linear_probe_trains_only_the_head_with_the_weights_preprocessing(pattern_folder, random_weights, tmp_path):
+    result = train(finetune_cfg(pattern_folder, random_weights, "linear", epochs=3), tmp_path / "run", progress=False)
     assert result.best_val_acc > 0.6  # 3 classes: chance is 1/3
     trained = load_file(str(tmp_path / "run" / "best.safetensors"))
-    assert_same_backbone(trained, load_file(str(tiny_weights)))
+    assert_same_backbone(trained, load_file(str(random_weights)))
     assert trained["head.weight"].shape == (3, 48) and trained["head.weight"].abs().sum() > 0
     info = json.loads((tmp_path / "run" / "best.json").read_text())
     # a timm file outside the registry: ImageNet normalisation and timm's default 0.875 crop
@@ -60,20 +47,20 @@ def test_linear_probe_trains_only_the_head_with_the_weights_preprocessing(patter
     assert "new zero-initialised head for 3 classes" in info["data_notes"].values()
 
 
-def test_feature_cache_gives_the_same_head_as_training_through_the_backbone(pattern_folder, tiny_weights, tmp_path):
-    cached = train(finetune_cfg(pattern_folder, tiny_weights, "linear"), tmp_path / "a", progress=False)
-    direct = train(finetune_cfg(pattern_folder, tiny_weights, "linear", cache_features=False), tmp_path / "b",
+def test_feature_cache_gives_the_same_head_as_training_through_the_backbone(pattern_folder, random_weights, tmp_path):
+    cached = train(finetune_cfg(pattern_folder, random_weights, "linear"), tmp_path / "a", progress=False)
+    direct = train(finetune_cfg(pattern_folder, random_weights, "linear", cache_features=False), tmp_path / "b",
                    progress=False)
     a, b = load_file(str(tmp_path / "a" / "last.safetensors")), load_file(str(tmp_path / "b" / "last.safetensors"))
     torch.testing.assert_close(a["head.weight"], b["head.weight"], atol=1e-4, rtol=1e-3)
     assert cached.history[-1]["val_acc"] == pytest.approx(direct.history[-1]["val_acc"], abs=0.04)
 
 
-def test_staged_freezes_then_unfreezes_and_resumes(pattern_folder, tiny_weights, tmp_path):
-    cfg = finetune_cfg(pattern_folder, tiny_weights, "staged", epochs=3, head_epochs=1, backbone_lr_scale=0.5)
+def test_staged_freezes_then_unfreezes_and_resumes(pattern_folder, random_weights, tmp_path):
+    cfg = finetune_cfg(pattern_folder, random_weights, "staged", epochs=3, head_epochs=1, backbone_lr_scale=0.5)
     train(cfg, tmp_path / "run", progress=False, stop_after_epoch=1)  # as if killed after the head-only epoch
     after_head = load_file(str(tmp_path / "run" / "last.safetensors"))
-    assert_same_backbone(after_head, load_file(str(tiny_weights)))
+    assert_same_backbone(after_head, load_file(str(random_weights)))
     resumed = train(RunConfig(), tmp_path / "run", resume=True, progress=False)
     assert [h["epoch"] for h in resumed.history] == [1, 2, 3]
     final = load_file(str(tmp_path / "run" / "last.safetensors"))
@@ -108,9 +95,9 @@ def test_layer_wise_lr_decay_scales_by_depth():
     assert len(scale) == len(names)
 
 
-def test_finetune_cli_then_eval_and_predict(pattern_folder, tiny_weights, tmp_path, capsys):
+def test_finetune_cli_then_eval_and_predict(pattern_folder, random_weights, tmp_path, capsys):
     run = tmp_path / "ft"
-    code = main(["finetune", "--pretrained", str(tiny_weights), "--dataset", "imagefolder", "--data.path",
+    code = main(["finetune", "--pretrained", str(random_weights), "--dataset", "imagefolder", "--data.path",
                  str(pattern_folder), "--mode", "full", "--finetune.layer_decay", "0.8", "--finetune.img_size", "48",
                  "--train.epochs", "2", "--train.batch_size", "32", "--train.lr", "1e-3", "--data.num_workers", "0",
                  "--run_dir", str(run), "--quiet"])
@@ -125,7 +112,7 @@ def test_finetune_cli_then_eval_and_predict(pattern_folder, tiny_weights, tmp_pa
     assert main(["predict", str(run), str(image), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)[0]
     assert result["classes"][0] in ("circle", "cross", "stripes") and len(result["probs"]) == 3
-    assert main(["finetune", "--pretrained", str(tiny_weights), "--dataset", "imagefolder", "--data.path",
+    assert main(["finetune", "--pretrained", str(random_weights), "--dataset", "imagefolder", "--data.path",
                  str(pattern_folder), "--run_dir", str(run), "--quiet"]) == 2  # never overwrites a run
     assert "already exists" in capsys.readouterr().err
 

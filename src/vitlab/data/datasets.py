@@ -206,9 +206,9 @@ def _load_cifar(cfg: DataConfig, name: str, splits: tuple[str, ...], progress: b
     pickled = root / cls.base_folder  # cifar-10-batches-py / cifar-100-python (official download)
     png_folder = next((p for p in (root / name, root / name.upper()) if (p / "train").is_dir()), None)
     if png_folder is not None and not pickled.exists():
-        train = _folder_split(png_folder / "train", cfg, None, progress=progress) if "train" in splits else None
+        train = _folder_split(png_folder / "train", cfg, None, None, progress) if "train" in splits else None
         test_dir = png_folder / "test" if (png_folder / "test").is_dir() else png_folder / "val"
-        test = _folder_split(test_dir, cfg, None, progress=progress) if "val" in splits else None
+        test = _folder_split(test_dir, cfg, None, None, progress) if "val" in splits else None
         classes = _class_names(png_folder / "train")
         return train, test, classes
     if not pickled.exists() and not cfg.download:
@@ -314,8 +314,7 @@ class FolderImages(Dataset):
             return TF.pil_to_tensor(img), self.labels[i]
 
 
-def _folder_split(folder: Path, cfg: DataConfig, image_size, classes: list[str] | None = None,
-                  progress: bool = True) -> ImageSplit:
+def _folder_split(folder: Path, cfg: DataConfig, image_size, classes: list[str] | None, progress: bool) -> ImageSplit:
     classes = classes or _class_names(folder)
     files, labels = _list_images(folder, classes)
     from PIL import Image
@@ -347,7 +346,7 @@ def _cached_tensor(dataset: FolderImages, cfg: DataConfig, folder: Path, size, p
 
 
 def _decode_once(dataset: Dataset, cfg: DataConfig, cache_file: Path, shape: tuple[int, ...], desc: str,
-                 progress: bool = True) -> torch.Tensor:
+                 progress: bool) -> torch.Tensor:
     """Read ``cache_file``, or decode every (image, label) of ``dataset`` into a uint8 tensor and write it there atomically."""
     from safetensors.torch import load_file, save_file
 

@@ -66,7 +66,7 @@ class HFDataError(ValueError):
 
 
 def load_hf(cfg: DataConfig, image_size: tuple[int, int] | None, splits: tuple[str, ...], seed: int,
-            progress: bool = True):
+            progress: bool):
     """``(train, val, classes, notes, (mean, std))`` of the hf: source ``cfg.dataset``, as :func:`load_data` wants them."""
     hf = _import_datasets()
     source = cfg.dataset
