@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from types import SimpleNamespace
+
 import pytest
 import torch
 import yaml
@@ -94,6 +97,35 @@ def test_a_budgeted_run_plans_its_epochs_and_equals_the_run_planned_by_hand(patt
         c, _ = load_checkpoint(tmp_path / "cut" / "last.safetensors")
         for (name, p), q in zip(a.state_dict().items(), c.state_dict().values()):
             assert torch.equal(p, q), name
+
+
+def test_the_last_smaller_batch_is_left_out_of_the_steady_rate(pattern_folder, tmp_path, monkeypatch, capped_plan):
+    """A compiled model compiles again for the smaller last batch: that step must not set the rate of every epoch."""
+    late_s, timings = 100.0, []  # the training clock jumps when the last batch arrives, as a recompile would make it
+    clock = {"offset": 0.0}
+    real_iterate, real_epoch_seconds = trainer_module.iterate_batches, trainer_module.epoch_seconds
+    real_clock = time.perf_counter
+
+    def iterate(split, batch_size, shuffle=False, **kwargs):
+        for images, labels in real_iterate(split, batch_size, shuffle=shuffle, **kwargs):
+            if shuffle and len(labels) < batch_size:
+                clock["offset"] += late_s
+            yield images, labels
+
+    def seconds(steps_per_epoch, timed_steps, timed_s, train_s, val_s):
+        timings.append({"steps": steps_per_epoch, "timed": timed_steps, "timed_s": timed_s, "train_s": train_s})
+        return real_epoch_seconds(steps_per_epoch, timed_steps, timed_s, train_s, val_s)
+
+    monkeypatch.setattr(trainer_module, "iterate_batches", iterate)
+    monkeypatch.setattr(trainer_module, "epoch_seconds", seconds)
+    monkeypatch.setattr(trainer_module, "time", SimpleNamespace(perf_counter=lambda: real_clock() + clock["offset"]))
+    # 120 images in batches of 11: 10 full steps and a last one of 10 images
+    train(tiny_run(pattern_folder, epochs=50, batch_size=11, time_budget_s=1000.0), tmp_path / "r", progress=False)
+    (t,) = timings
+    assert t["steps"] == 11 and t["timed"] == 11 - 1 - trainer_module.WARM_STEPS
+    assert t["train_s"] > late_s  # the late step was part of the epoch ...
+    assert t["timed_s"] < late_s / 2  # ... but not of the steps that were timed
+    assert capped_plan[0]["epoch_s"] < late_s / 2
 
 
 def test_a_budget_that_is_not_positive_is_refused_before_training(pattern_folder, tmp_path):
