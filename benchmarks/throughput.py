@@ -7,7 +7,7 @@ median of the repeats, the ratio ours / timm, and model FLOPs utilisation (MFU) 
 matrix-multiply rate this machine reaches (measured here, fp32 or bf16). Example:
 
     python benchmarks/throughput.py                              # the CPU table
-    python benchmarks/throughput.py --device cuda --dtype bf16 --compile --tag gpu
+    python benchmarks/throughput.py --device cuda --dtype bf16 --compile --batch-scale 8 --tag gpu
 """
 
 from __future__ import annotations
@@ -120,6 +120,8 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--iters", type=int, default=5, help="steps per repeat")
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--batch-scale", type=int, default=1,
+                        help="multiply every case's batch (the CPU-sized batches leave a GPU idle; e.g. 8 there)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--tag", default=None, help="results file name (default throughput-DEVICE)")
     args = parser.parse_args()
@@ -128,11 +130,12 @@ def main() -> int:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     amp = torch.bfloat16 if args.dtype == "bf16" else None
-    peak = matmul_rate(device, torch.bfloat16 if amp else torch.float32)
+    peak = matmul_rate(device, torch.bfloat16 if amp else torch.float32, n=8192 if device.type == "cuda" else 2048)
     print(f"device {device}, {torch.get_num_threads()} threads, matmul {peak / 1e9:.0f} GFLOP/s ({args.dtype})")
     rows = []
     for name in args.cases:
         cfg, batch, modes = CASES[name]
+        batch *= args.batch_scale
         flops = count_flops(cfg)
         for mode in modes:
             torch.manual_seed(0)
@@ -154,6 +157,12 @@ def main() -> int:
             print(f"{name:<14} {mode:<5} batch {batch:>3}: ours {ours_rate:8.1f} img/s | timm {timm_rate:8.1f} img/s | "
                   f"ratio {row['ratio']:.3f} | MFU ours {row['ours_mfu']:.1%}", flush=True)
             del ours, theirs
+            write_results(args, device, peak, rows)  # after every row: a run cut short keeps what it measured
+    return 0
+
+
+def write_results(args: argparse.Namespace, device: torch.device, peak: float, rows: list[dict]) -> Path:
+    """The rows measured so far and the machine, as benchmarks/results/<tag>.json."""
     import timm
 
     result = {"device": str(device), "gpu": torch.cuda.get_device_name(0) if device.type == "cuda" else None,
@@ -163,8 +172,8 @@ def main() -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"{args.tag or 'throughput-' + device.type}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"written to {out}")
-    return 0
+    print(f"written to {out}", flush=True)
+    return out
 
 
 def _cpu_name() -> str:
