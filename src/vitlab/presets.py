@@ -71,12 +71,13 @@ RUN_PRESETS: dict[str, RunConfig] = {
         train=TrainConfig(epochs=7, batch_size=128, lr=3e-3, weight_decay=0.05, warmup_epochs=0.5,
                           label_smoothing=0.0),
     ),
-    # CIFAR-10 from scratch, sized to train in under an hour on the 2-core CPU (16 epochs).
+    # CIFAR-10 from scratch in an hour of the 2-core CPU: the stem ViT without drop path (16 epochs underfit, so
+    # stochastic depth only slows them: 77.86% against 77.29% with 0.1), as many epochs as a 3500-s budget allows.
     "cifar10_60min": RunConfig(
-        model=MODEL_PRESETS["vit_cifar_stem"],
+        model=replace(MODEL_PRESETS["vit_cifar_stem"], drop_path_rate=0.0),
         data=DataConfig(dataset="cifar10", augment="crop_flip"),
-        train=TrainConfig(epochs=16, batch_size=128, lr=2e-3, weight_decay=0.05, warmup_epochs=2,
-                          label_smoothing=0.1, ema_decay=0.999),
+        train=TrainConfig(epochs=16, time_budget_s=3500, batch_size=128, lr=2e-3, weight_decay=0.05,
+                          warmup_epochs=2, label_smoothing=0.1, ema_decay=0.999),
     ),
     # The tutorial's recipe: Adam, lr 1e-3, 10 epochs, constant rate, no regularisation.
     "seed": RunConfig(
