@@ -14,7 +14,7 @@ import pytest
 import torch
 import yaml
 
-from vitlab.cli import main, train_parser
+from vitlab.cli import budget_overrides_epochs, main, parse_train_flags, train_parser
 from vitlab.training import load_checkpoint
 
 TINY = ["--model.embed_dim", "32", "--model.depth", "2", "--model.num_heads", "2", "--quiet"]
@@ -48,6 +48,19 @@ def test_preset_then_yaml_then_flags(tmp_path):
     assert args.train.epochs == 7 and args.model.depth == 3  # from the YAML file
     assert args.train.lr == 0.02  # the flag wins
     assert args.train.optimizer == "adam"
+
+
+def test_epochs_under_a_time_budget_get_a_note():
+    def note(argv):
+        return budget_overrides_epochs(argv, parse_train_flags(argv)[1])
+
+    assert note(["--preset", "cifar10_60min"]) is None  # the preset's own budget, no --train.epochs: nothing to say
+    assert note(["--preset", "cifar10", "--train.epochs", "3"]) is None  # no budget: the epochs are what runs
+    message = note(["--preset", "cifar10_60min", "--train.epochs", "3"])
+    assert "3500 s (from the preset or config file)" in message and "--train.time_budget_s null" in message
+    assert "--train.epochs 3 " in message
+    assert "from --train.time_budget_s" in note(["--train.epochs=4", "--train.time_budget_s", "60"])
+    assert note(["--preset", "cifar10_60min", "--train.epochs", "3", "--train.time_budget_s", "null"]) is None
 
 
 def test_resume_refuses_new_settings(tmp_path, capsys):

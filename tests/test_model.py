@@ -813,6 +813,27 @@ def test_conv_stem_sees_across_patch_borders_and_needs_power_of_two_patches() ->
             ViTConfig(img_size=28 if bad == 7 else 32, patch_size=bad, patch_embed="conv_stem")
 
 
+def test_stem_full_res_convs_add_stride_1_convs_ahead_of_the_downsampling() -> None:
+    torch.manual_seed(0)
+    plain = ViT(small_cfg(patch_embed="conv_stem", patch_size=4, embed_dim=64, num_heads=4))
+    deeper = ViT(small_cfg(patch_embed="conv_stem", patch_size=4, embed_dim=64, num_heads=4,
+                         stem_full_res_convs=2))
+    convs = [m for m in deeper.patch_embed.stem if isinstance(m, nn.Conv2d)]
+    assert [m.stride for m in convs] == [(1, 1), (1, 1), (2, 2), (2, 2)]
+    assert [m.out_channels for m in convs] == [16, 16, 32, 64]  # half the first stride-2 width (32), at least 16
+    assert len(deeper.patch_embed.stem) == len(plain.patch_embed.stem) + 6  # conv, BN, ReLU each
+    x = images(deeper.cfg, batch=2)
+    assert deeper.patch_embed(x).shape == plain.patch_embed(x).shape == (2, 64, 64)  # same 8x8 grid of tokens
+    assert count_flops(deeper) > count_flops(plain)
+    plain_keys = set(plain.state_dict())
+    assert {k for k in plain_keys if not k.startswith("patch_embed.stem")} <= set(deeper.state_dict())
+    assert set(ViT(small_cfg(patch_embed="conv_stem", stem_full_res_convs=0)).state_dict()) == set(
+        ViT(small_cfg(patch_embed="conv_stem")).state_dict())  # the default leaves checkpoints' keys alone
+    for bad in (dict(stem_full_res_convs=1), dict(patch_embed="conv_stem", stem_full_res_convs=-1)):
+        with pytest.raises(ValueError, match="stem_full_res_convs"):
+            small_cfg(**bad)
+
+
 def test_wrong_channel_count() -> None:
     model = ViT(small_cfg(in_chans=3))
     with pytest.raises(ValueError, match=r"expected 3 input channel\(s\), got 1"):

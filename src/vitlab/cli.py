@@ -87,10 +87,23 @@ def parse_train_flags(argv: list[str], strict: bool = False) -> tuple[Namespace,
     return args, RunConfig.from_dict(args.as_dict())
 
 
+def budget_overrides_epochs(argv: list[str], cfg: RunConfig) -> str | None:
+    """A note for ``--train.epochs N`` given while the run has a time budget, which plans the epochs instead."""
+    flags = [a.split("=")[0] for a in argv]
+    if "--train.epochs" not in flags or cfg.train.time_budget_s is None:
+        return None
+    source = "--train.time_budget_s" if "--train.time_budget_s" in flags else "the preset or config file"
+    return (f"note: a time budget of {cfg.train.time_budget_s:g} s (from {source}) plans the number of epochs after the "
+            f"first one, so --train.epochs {cfg.train.epochs} is not what will run; add --train.time_budget_s null to "
+            f"train exactly {cfg.train.epochs} epochs")
+
+
 def cmd_train(argv: list[str]) -> int:
     from vitlab.training import train
 
     args, cfg = parse_train_flags(argv)
+    if not args.resume and (note := budget_overrides_epochs(argv, cfg)):
+        print(note, file=sys.stderr)
     if args.resume:
         settings = [a for a in argv if a.split("=")[0].startswith(("--model", "--data", "--train", "--config", "--preset", "--arch"))]
         if settings:

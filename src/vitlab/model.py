@@ -76,6 +76,9 @@ class ViTConfig:
     ``conv_stem``: 3x3 stride-2 convolutions (BatchNorm, ReLU) down to the patch grid, then a 1x1
     projection (Xiao et al. 2021, "Early convolutions help transformers see better"); it needs a
     square power-of-two patch size."""
+    stem_full_res_convs: int = 0
+    """``conv_stem`` only: this many 3x3 stride-1 convolutions (BatchNorm, ReLU) at the image's own resolution
+    before the stride-2 ones, for features that see finer detail than the first downsampling keeps."""
     pos_embed: Literal["learned", "sincos", "none"] = "learned"
     class_token: bool = True
     pool: Literal["cls", "gap"] = "cls"
@@ -114,6 +117,11 @@ class ViTConfig:
                 f"power-of-two patch size (2, 4, 8, 16, ...); got patch_size {self.patch_size}. Use "
                 "patch_embed='conv' for this patch size, or pick a power of two that divides the image."
             )
+        if self.stem_full_res_convs < 0 or (self.stem_full_res_convs and self.patch_embed != "conv_stem"):
+            raise ValueError(
+                f"stem_full_res_convs={self.stem_full_res_convs} needs patch_embed='conv_stem' and a count >= 0; "
+                f"got patch_embed={self.patch_embed!r}. Set patch_embed='conv_stem' or stem_full_res_convs=0."
+            )
         if self.pool == "cls" and not self.class_token:
             raise ValueError("pool='cls' needs class_token=True; use pool='gap' for a model without a CLS token")
         for name, allowed in _CHOICES.items():
@@ -138,14 +146,17 @@ class ViTConfig:
 # ----------------------------------------------------------------------------- embeddings
 
 
-def conv_stem(in_chans: int, embed_dim: int, patch_size: int) -> tuple[nn.Sequential, int]:
-    """log2(patch) blocks of 3x3 stride-2 convolution + BatchNorm + ReLU, widening towards ``embed_dim``;
-    returns the stack and its output channels (the 1x1 projection to ``embed_dim`` follows it)."""
+def conv_stem(in_chans: int, embed_dim: int, patch_size: int, full_res_convs: int = 0) -> tuple[nn.Sequential, int]:
+    """``full_res_convs`` blocks of 3x3 stride-1 convolution, then log2(patch) blocks of 3x3 stride-2
+    convolution, each with BatchNorm + ReLU, widening towards ``embed_dim``; returns the stack and its
+    output channels (the 1x1 projection to ``embed_dim`` follows it)."""
     steps = patch_size.bit_length() - 1
+    widths = [max(16, embed_dim >> (steps - 1 - i)) for i in range(steps)]  # ..., D/4, D/2, D
+    strides = [1] * full_res_convs + [2] * steps
+    widths = [max(16, widths[0] // 2)] * full_res_convs + widths
     layers, channels = [], in_chans
-    for i in range(steps):
-        width = max(16, embed_dim >> (steps - 1 - i))  # ..., D/4, D/2, D
-        layers += [nn.Conv2d(channels, width, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(width),
+    for width, stride in zip(widths, strides):
+        layers += [nn.Conv2d(channels, width, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(width),
                    nn.ReLU(inplace=True)]
         channels = width
     return nn.Sequential(*layers), channels
@@ -167,7 +178,7 @@ class PatchEmbed(nn.Module):
         self.grid_size, self.num_patches = cfg.grid_size, cfg.num_patches
         self.mode = cfg.patch_embed
         if self.mode == "conv_stem":
-            self.stem, channels = conv_stem(cfg.in_chans, cfg.embed_dim, cfg.patch_size[0])
+            self.stem, channels = conv_stem(cfg.in_chans, cfg.embed_dim, cfg.patch_size[0], cfg.stem_full_res_convs)
             self.proj = nn.Conv2d(channels, cfg.embed_dim, kernel_size=1)
         else:
             self.stem = None
