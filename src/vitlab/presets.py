@@ -111,12 +111,12 @@ RUN_PRESETS["mnist_60min"] = replace(
     copy.deepcopy(RUN_PRESETS["mnist_20min"]),
     train=replace(RUN_PRESETS["mnist_20min"].train, epochs=50),
 )
-# Fashion-MNIST, aiming at >= 93%: a wider conv-stem ViT (dim 128), crop+flip and light random erasing, 40 epochs:
-# 92.69% (30 epochs with drop path 0.1 and erasing 0.25 gave 92.14%).
+# Fashion-MNIST, aiming at >= 93%: a wider conv-stem ViT (dim 128) whose stem starts with a full-resolution 3x3 conv,
+# crop+flip and light random erasing, 45 epochs: 93.41% (>= 93% from epoch 36) (without the full-resolution conv, 40 epochs: 92.69%).
 RUN_PRESETS["fashion_mnist_long"] = RunConfig(
-    model=replace(MODEL_PRESETS["vit_mnist_stem"], embed_dim=128, depth=4, drop_path_rate=0.05),
+    model=replace(MODEL_PRESETS["vit_mnist_stem"], embed_dim=128, depth=4, drop_path_rate=0.05, stem_full_res_convs=1),
     data=DataConfig(dataset="fashion_mnist", augment="crop_flip", random_erasing=0.1),
-    train=TrainConfig(epochs=40, batch_size=128, lr=2e-3, weight_decay=0.05, warmup_epochs=1,
+    train=TrainConfig(epochs=45, batch_size=128, lr=2e-3, weight_decay=0.05, warmup_epochs=1,
                       label_smoothing=0.1, ema_decay=0.999),
 )
 # CIFAR-10 on one GPU, aiming at >= 94% in <= 10 minutes (benchmarks/device/): a wider, deeper stem ViT, large batches,
