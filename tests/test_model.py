@@ -404,6 +404,62 @@ def test_attention_without_weights_returns_tensor() -> None:
 
 
 @pytest.mark.parametrize("impl", ["sdpa", "explicit"])
+def test_attention_and_block_with_fewer_queries_match_the_full_outputs(impl: str) -> None:
+    cfg = small_cfg(attn_impl=impl)
+    block = randomize_(Block(cfg), seed=30).eval()
+    x = torch.randn(2, 17, cfg.embed_dim, generator=torch.Generator().manual_seed(31))
+    with torch.no_grad():
+        full_attn, full_weights = block.attn(x, return_attention=True)
+        for nq in (1, 5):
+            attn_out, weights = block.attn(x, return_attention=True, num_queries=nq)
+            assert attn_out.shape == (2, nq, cfg.embed_dim) and weights.shape == (2, cfg.num_heads, nq, 17)
+            torch.testing.assert_close(attn_out, full_attn[:, :nq], atol=1e-5, rtol=0)
+            torch.testing.assert_close(weights, full_weights[:, :, :nq], atol=1e-6, rtol=0)
+            torch.testing.assert_close(block(x, num_queries=nq), block(x)[:, :nq], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("overrides", [dict(), dict(attn_impl="explicit", qkv_bias=False, patch_embed="conv_stem",
+                                                    patch_size=8, drop_path_rate=0.1)])
+def test_forward_computes_only_the_cls_token_in_the_last_block(overrides: dict) -> None:
+    """forward() skips the patch tokens' outputs of the last block: same logits, same gradients, fewer FLOPs."""
+    cfg = small_cfg(depth=3, **overrides)
+    fast, slow = randomize_(ViT(cfg), seed=32), ViT(cfg)
+    slow.load_state_dict(fast.state_dict())
+    x = images(cfg, batch=4, seed=33)
+    y = torch.arange(4) % cfg.num_classes
+    fast.eval(), slow.eval()  # no random masks, so both paths compute one function; gradients still flow
+    F.cross_entropy(fast(x), y).backward()
+    F.cross_entropy(slow.forward_head(slow.forward_features(x)), y).backward()
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), slow.forward_head(slow.forward_features(x)), atol=1e-5, rtol=0)
+    for (name, a), b in zip(fast.named_parameters(), slow.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, atol=1e-5, rtol=1e-4, msg=name)
+    assert fast.forward_features(x).shape[1] == 1 + cfg.num_patches  # features still hold every token
+
+    from torch.utils.flop_counter import FlopCounterMode
+
+    def flops(fn) -> int:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            fn(x)
+        return counter.get_total_flops()
+
+    full, skipped = flops(lambda v: fast.forward_head(fast.forward_features(v))), flops(fast)
+    assert skipped < full - 0.5 * full / cfg.depth  # the last block's work, mostly gone
+    if cfg.attn_impl == "explicit":  # (the counter does not see inside the fused kernel)
+        assert (full, skipped) == (count_flops(cfg) * 4, count_flops(cfg, every_token=False) * 4)
+    # by hand: the N patch tokens skip their query, output projection and MLP, and their N x T attention rows
+    d, n, t, hidden = cfg.embed_dim, cfg.num_patches, cfg.num_patches + 1, int(cfg.embed_dim * cfg.mlp_ratio)
+    assert count_flops(cfg) - count_flops(cfg, every_token=False) == 2 * n * (2 * d * d + 2 * d * hidden) + 4 * n * t * d
+
+
+def test_gap_pooling_forward_uses_every_token() -> None:
+    model = randomize_(ViT(small_cfg(class_token=False, pool="gap")), seed=34).eval()
+    x = images(model.cfg, batch=2, seed=35)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), model.forward_head(model.forward_features(x)), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("impl", ["sdpa", "explicit"])
 def test_forward_attention(impl: str) -> None:
     cfg = small_cfg(depth=3, attn_impl=impl)
     model = randomize_(ViT(cfg), seed=10).eval()

@@ -257,15 +257,23 @@ class Attention(nn.Module):
         self.proj = nn.Linear(cfg.embed_dim, cfg.embed_dim)
         self.proj_drop = nn.Dropout(cfg.drop_rate)
 
-    def forward(self, x: torch.Tensor, return_attention: bool = False):
+    def forward(self, x: torch.Tensor, return_attention: bool = False, num_queries: int | None = None):
         """Returns the output (B, N, D), and the attention weights (B, heads, N, N) when asked.
 
         Asking for the weights always takes the explicit path (the fused kernel never
-        materialises them).
+        materialises them). ``num_queries``: only the first that many tokens ask (output
+        (B, num_queries, D)); every token still serves as key and value.
         """
         b, n, d = x.shape
-        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)  # each (B, heads, N, head_dim)
+        if num_queries is None:
+            qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+            q, k, v = qkv.unbind(0)  # each (B, heads, N, head_dim)
+        else:  # the same fused weight, split: queries for the first tokens, keys and values for all
+            w, bias = self.qkv.weight, self.qkv.bias
+            q = F.linear(x[:, :num_queries], w[:d], None if bias is None else bias[:d])
+            q = q.reshape(b, -1, self.num_heads, self.head_dim).transpose(1, 2)  # (B, heads, num_queries, head_dim)
+            kv = F.linear(x, w[d:], None if bias is None else bias[d:])
+            k, v = kv.reshape(b, n, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         weights = None
         if self.impl == "sdpa" and not return_attention:
             drop = self.attn_drop_rate if self.training else 0.0
@@ -273,7 +281,7 @@ class Attention(nn.Module):
         else:
             weights = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)  # (B, heads, N, N)
             out = self.attn_drop(weights) @ v
-        out = out.transpose(1, 2).reshape(b, n, d)  # concatenate the heads
+        out = out.transpose(1, 2).reshape(b, q.shape[2], d)  # concatenate the heads
         out = self.proj_drop(self.proj(out))
         return (out, weights) if return_attention else out
 
@@ -324,13 +332,13 @@ class Block(nn.Module):
         self.mlp = MLP(cfg)
         self.drop_path2 = DropPath(drop_path)
 
-    def forward(self, x: torch.Tensor, return_attention: bool = False):
-        if return_attention:
-            attn_out, weights = self.attn(self.norm1(x), return_attention=True)
-            x = x + self.drop_path1(attn_out)
-            return x + self.drop_path2(self.mlp(self.norm2(x))), weights
-        x = x + self.drop_path1(self.attn(self.norm1(x)))
-        return x + self.drop_path2(self.mlp(self.norm2(x)))
+    def forward(self, x: torch.Tensor, return_attention: bool = False, num_queries: int | None = None):
+        """Tokens (B, N, D) -> (B, N, D), or only the first ``num_queries`` tokens' outputs."""
+        out = self.attn(self.norm1(x), return_attention=return_attention, num_queries=num_queries)
+        out, weights = out if return_attention else (out, None)
+        x = x[:, :num_queries] + self.drop_path1(out)  # [:, :None] keeps every token
+        x = x + self.drop_path2(self.mlp(self.norm2(x)))
+        return (x, weights) if return_attention else x
 
 
 # ----------------------------------------------------------------------------- the model
@@ -459,17 +467,32 @@ class ViT(nn.Module):
         return x if pre_logits else self.head(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
+        """Images (B, C, H, W) -> logits (B, classes): ``forward_head(forward_features(x))``.
+
+        With CLS pooling only the CLS token of the last block reaches the head, so the last
+        block computes just that token (patch tokens still serve as its keys and values):
+        the same logits and gradients for about 1/depth less work. ``forward_features``
+        still returns every token.
+        """
+        if self.cfg.pool != "cls" or len(self.blocks) == 0:
+            return self.forward_head(self.forward_features(x))
+        x = self._embed(x)
+        for block in self.blocks[:-1]:
+            x = block(x)
+        x = self.blocks[-1](x, num_queries=1)  # (B, 1, D)
+        return self.forward_head(self.norm(x))
 
     def num_params(self, trainable_only: bool = False) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
 
 
-def count_flops(model_or_cfg: ViT | ViTConfig) -> int:
+def count_flops(model_or_cfg: ViT | ViTConfig, every_token: bool = True) -> int:
     """Forward FLOPs for one image (a multiply-add counts 2), measured by torch's FlopCounterMode.
 
     Counted on a weightless copy (meta device) with explicit attention, so the attention
-    matrix products are included whatever kernel the model uses.
+    matrix products are included whatever kernel the model uses. ``every_token``: the
+    standard count, every token through every block; False: what ``forward`` runs (under
+    CLS pooling it skips the patch tokens' outputs of the last block).
     """
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -478,5 +501,5 @@ def count_flops(model_or_cfg: ViT | ViTConfig) -> int:
         probe = ViT(replace(cfg, attn_impl="explicit")).eval()
         x = torch.zeros(1, cfg.in_chans, *cfg.img_size)
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        probe(x)
+        probe.forward_head(probe.forward_features(x)) if every_token else probe(x)
     return int(counter.get_total_flops())
