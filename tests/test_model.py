@@ -427,7 +427,8 @@ def test_forward_computes_only_the_cls_token_in_the_last_block(overrides: dict) 
     slow.load_state_dict(fast.state_dict())
     x = images(cfg, batch=4, seed=33)
     y = torch.arange(4) % cfg.num_classes
-    fast.eval(), slow.eval()  # no random masks, so both paths compute one function; gradients still flow
+    for model in (fast, slow):
+        model.eval()  # no random masks, so both paths compute one function; gradients still flow
     F.cross_entropy(fast(x), y).backward()
     F.cross_entropy(slow.forward_head(slow.forward_features(x)), y).backward()
     with torch.no_grad():

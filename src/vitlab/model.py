@@ -434,12 +434,16 @@ class ViT(nn.Module):
             x = x + self.pos_embed
         return self.pos_drop(x)
 
+    def _encode(self, x: torch.Tensor, last_block_queries: int | None = None) -> torch.Tensor:
+        """Embed, run the blocks (the last one only for the first ``last_block_queries`` tokens), normalise."""
+        x = self._embed(x)
+        for i, block in enumerate(self.blocks):
+            x = block(x, num_queries=last_block_queries if i == len(self.blocks) - 1 else None)
+        return self.norm(x)
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Images (B, C, H, W) -> normalised tokens (B, prefix + N, D)."""
-        x = self._embed(x)
-        for block in self.blocks:
-            x = block(x)
-        return self.norm(x)
+        return self._encode(x)
 
     def forward_attention(
         self, x: torch.Tensor, layers: list[int] | None = None
@@ -474,13 +478,7 @@ class ViT(nn.Module):
         the same logits and gradients for about 1/depth less work. ``forward_features``
         still returns every token.
         """
-        if self.cfg.pool != "cls" or len(self.blocks) == 0:
-            return self.forward_head(self.forward_features(x))
-        x = self._embed(x)
-        for block in self.blocks[:-1]:
-            x = block(x)
-        x = self.blocks[-1](x, num_queries=1)  # (B, 1, D)
-        return self.forward_head(self.norm(x))
+        return self.forward_head(self._encode(x, last_block_queries=1 if self.cfg.pool == "cls" else None))
 
     def num_params(self, trainable_only: bool = False) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
