@@ -17,7 +17,7 @@ from conftest import REPO
 from vitlab.insight.architecture import STEP_ORDER, draw_architecture, trace_shapes
 from vitlab.model import ViT, ViTConfig
 
-DOCS = [REPO / "docs" / "guide.md", REPO / "docs" / "architecture.md"]
+DOCS = [REPO / "docs" / "guide.md", REPO / "docs" / "architecture.md", REPO / "docs" / "results.md"]
 NON_SQUARE = dict(img_size=(24, 40), patch_size=(8, 4), in_chans=2, num_classes=5, embed_dim=24, depth=2, num_heads=3,
                   mlp_ratio=1.5)
 
