@@ -7,6 +7,8 @@ table format to stdout. Example:
     python benchmarks/train_to_accuracy.py --preset mnist --target 0.985 --budget-s 300
     python benchmarks/train_to_accuracy.py --preset mnist_long --target 0.995 --run-dir runs/long   # killed? then
     python benchmarks/train_to_accuracy.py --preset mnist_long --target 0.995 --run-dir runs/long --resume
+    python benchmarks/train_to_accuracy.py --preset none --target 0.5 --tag newcomer-scenes -- \
+        --data.dataset imagefolder --data.path $VITLAB_DATA_DIR/scenes          # what a newcomer types, nothing more
     python benchmarks/train_to_accuracy.py --command finetune --tag imagenette-ti16 --target 0.97 --budget-s 600 \
         -- --pretrained vit_tiny --dataset imagefolder --data.path $VITLAB_DATA_DIR/imagenette-mini --mode linear
 """
@@ -36,8 +38,11 @@ def machine() -> dict:
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
+    from throughput import matmul_rate  # benchmarks/ is on the path when this runs as a script
+
     return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
-            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "matmul_fp32_gflops": round(matmul_rate(torch.device("cpu"), torch.float32) / 1e9, 1)}
 
 
 def evaluate_with_tta(run_dir: Path, tta: str, target: float) -> dict:
@@ -54,7 +59,7 @@ def evaluate_with_tta(run_dir: Path, tta: str, target: float) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--command", default="train", choices=["train", "finetune"])
-    parser.add_argument("--preset", default="mnist", help="train: the run preset")
+    parser.add_argument("--preset", default="mnist", help="train: the run preset (none: no --preset, as a newcomer types it)")
     parser.add_argument("--target", type=float, required=True, help="accuracy goal, e.g. 0.985")
     parser.add_argument("--budget-s", type=float, default=None, help="time goal in seconds")
     parser.add_argument("--tag", default=None, help="name of the results file (default: preset)")
@@ -75,7 +80,7 @@ def main() -> int:
     run_dir = args.run_dir or Path(tempfile.mkdtemp(prefix=f"vitlab-bench-{name}-")) / "run"
     if args.resume and args.run_dir is None:
         parser.error("--resume needs the --run-dir of the interrupted run")
-    preset = ["--preset", args.preset] if args.command == "train" else []
+    preset = ["--preset", args.preset] if args.command == "train" and args.preset != "none" else []
     command = ["vitlab", args.command, *preset, "--run_dir", str(run_dir), *args.extra]
     metrics = run_dir / "metrics.jsonl"
     done_s = 0.0
@@ -95,7 +100,7 @@ def main() -> int:
         wall += done_s
     reached = next((h for h in history if h["val_acc"] >= args.target), None)
     result = {
-        "preset": args.preset if args.command == "train" else None,
+        "preset": args.preset if args.command == "train" and args.preset != "none" else None,
         "command": shlex.join(command),
         "final_test_acc": final["val_acc"],
         "best_test_acc": max(h["val_acc"] for h in history),

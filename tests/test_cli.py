@@ -21,7 +21,7 @@ TINY = ["--model.embed_dim", "32", "--model.depth", "2", "--model.num_heads", "2
 
 
 def folder_args(folder: Path) -> list[str]:
-    return ["--data.dataset", "imagefolder", "--data.path", str(folder), "--model.img_size", "16",
+    return ["--preset", "mnist", "--data.dataset", "imagefolder", "--data.path", str(folder), "--model.img_size", "16",
             "--model.patch_size", "4", "--model.in_chans", "3", "--data.num_workers", "0"]
 
 

@@ -17,7 +17,8 @@ from vitlab.data.datasets import ImageSplit
 from vitlab.data.loader import iterate_batches, num_batches
 from vitlab.training.distributed import Distributed, local_batch_size
 
-RUN = ["--data.dataset", "imagefolder", "--model.img_size", "16", "--model.patch_size", "4", "--model.in_chans", "3",
+RUN = ["--preset", "mnist", "--data.dataset", "imagefolder", "--model.img_size", "16", "--model.patch_size", "4",
+       "--model.in_chans", "3",
        "--model.embed_dim", "32", "--model.depth", "2", "--model.num_heads", "2", "--data.num_workers", "0",
        "--train.epochs", "2", "--train.batch_size", "32", "--train.threads", "1", "--quiet", "--data.augment", "none"]
 

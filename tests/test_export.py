@@ -16,7 +16,7 @@ from vitlab.training import load_checkpoint
 
 TINY_NAME = "vit_tiny_patch16_224.augreg_in21k_ft_in1k"
 RUN = ["--model.embed_dim", "32", "--model.depth", "2", "--model.num_heads", "2", "--quiet",
-       "--data.dataset", "imagefolder", "--model.img_size", "16", "--model.patch_size", "4",
+       "--preset", "mnist", "--data.dataset", "imagefolder", "--model.img_size", "16", "--model.patch_size", "4",
        "--model.in_chans", "3", "--data.num_workers", "0", "--train.epochs", "2", "--train.batch_size", "32"]
 
 

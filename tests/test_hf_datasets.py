@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -157,8 +158,7 @@ def test_splits_and_columns_can_be_chosen(tmp_path):
     cfg = DataConfig(dataset=f"hf:{tmp_path / 'd'}", num_workers=0, hf_train_split="dev", hf_val_split="holdout")
     data = load_data(cfg, image_size=(8, 8))
     assert data.classes == CLASSES and len(data.train) == 9 and len(data.val) == 4 and data.train.images.shape[-2:] == (8, 8)
-    cfg.label_column = "coarse"
-    assert load_data(cfg, image_size=(8, 8)).classes == ["x", "y"]
+    assert load_data(replace(cfg, label_column="coarse"), image_size=(8, 8)).classes == ["x", "y"]
 
 
 def test_integer_labels_and_grayscale_images(tmp_path):

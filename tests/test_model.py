@@ -260,7 +260,7 @@ def test_seed_preset() -> None:
         assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
 
 
-DOCUMENTED_RUN_PRESETS = ["mnist", "mnist_5min", "mnist_20min", "mnist_60min", "mnist_long", "seed", "fashion_mnist",
+DOCUMENTED_RUN_PRESETS = ["mnist", "photos", "mnist_5min", "mnist_20min", "mnist_60min", "mnist_long", "seed", "fashion_mnist",
                           "fashion_mnist_long", "cifar10", "cifar10_60min", "cifar10_gpu", "cifar100"]
 
 
@@ -280,7 +280,7 @@ def test_run_presets_build_a_model_for_their_data(name: str) -> None:
     assert name in RUN_PRESETS
     cfg = run_config(name)
     channels, size, classes = {"mnist": (1, 28, 10), "fashion_mnist": (1, 28, 10), "cifar10": (3, 32, 10),
-                               "cifar100": (3, 32, 100)}[cfg.data.dataset]
+                               "cifar100": (3, 32, 100), "imagefolder": (3, 64, 10)}[cfg.data.dataset]
     assert (cfg.model.in_chans, cfg.model.img_size, cfg.model.num_classes) == (channels, (size, size), classes)
     assert cfg.data.augment in AUGMENTATIONS and 0.0 <= cfg.data.random_erasing <= 1.0
     model = ViT(cfg.model).eval()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from torch import nn
@@ -65,7 +67,7 @@ def test_compiled_training_step_matches_eager(pattern_folder, tmp_path):
     """--train.compile changes how the step runs, not what it computes (dropout off: same random numbers)."""
     def run(name, **extra):
         cfg = tiny_run(pattern_folder, epochs=1, **extra)
-        cfg.model.drop_rate = cfg.model.drop_path_rate = 0.0
+        cfg = replace(cfg, model=replace(cfg.model, drop_rate=0.0, drop_path_rate=0.0))
         return train(cfg, tmp_path / name, progress=False).history[0]
 
     eager, compiled = run("eager"), run("compiled", compile=True)

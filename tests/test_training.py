@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -194,8 +195,8 @@ def test_eval_flip_tta_only_for_models_trained_with_flips(pattern_folder, tmp_pa
     assert report.tta == "flip" and "test-time augmentation: flip" in report.as_text()
     assert int(report.confusion.sum()) == 30
 
-    upright = tiny_run(pattern_folder, epochs=1)
-    upright.data.augment = "none"
+    flipped_run = tiny_run(pattern_folder, epochs=1)
+    upright = replace(flipped_run, data=replace(flipped_run.data, augment="none"))
     train(upright, tmp_path / "none", progress=False)
     with pytest.raises(ValueError, match="horizontal flips.*augment='none'"):
         evaluate_checkpoint(tmp_path / "none", tta="flip", device="cpu")

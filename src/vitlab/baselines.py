@@ -10,6 +10,7 @@ and offers the parts of the ViT's interface the trainer and the checkpoints use:
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Literal
 
 import torch
@@ -46,7 +47,7 @@ class Baseline(nn.Module):
         return self.forward_head(self.forward_features(x))
 
     def reset_classifier(self, num_classes: int) -> None:
-        self.cfg.num_classes = num_classes
+        self.cfg = replace(self.cfg, num_classes=num_classes)
         self.head = nn.Linear(self.head.in_features, num_classes).to(self.head.weight.device)
 
     def no_weight_decay(self) -> set[str]:

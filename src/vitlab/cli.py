@@ -8,161 +8,52 @@ is jsonargparse's, driven by the dataclasses in :mod:`vitlab.config` and :mod:`v
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 import time
-from dataclasses import asdict
-from functools import cache
 from pathlib import Path
 
-import yaml
-from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
+from jsonargparse import ArgumentParser
 
-from vitlab.baselines import ARCHITECTURES
-from vitlab.config import DataConfig, FinetuneConfig, RunConfig, TrainConfig
-from vitlab.model import ViTConfig
-from vitlab.presets import MODEL_ALIASES, MODEL_PRESETS, RUN_PRESETS, run_config
+from vitlab.flags import ALIASES, budget_overrides_epochs, parse_finetune_flags, parse_train_flags, train_parser
+from vitlab.presets import MODEL_ALIASES, MODEL_PRESETS, RUN_PRESETS
 
-DEFAULT_PRESET = "mnist"
-
-
-def _flatten(prefix: str, d: dict) -> dict:
-    return {f"{prefix}.{k}": v for k, v in d.items()}
-
-
-def _peek_preset(argv: list[str]) -> str:
-    """The preset named on the command line or in a --config file (it decides the defaults)."""
-    peek = argparse.ArgumentParser(add_help=False)
-    peek.add_argument("--preset")
-    peek.add_argument("--config", action="append", default=[])
-    known, _ = peek.parse_known_args(argv)
-    preset = known.preset
-    for path in known.config:
-        if preset is None and Path(path).is_file():
-            preset = (yaml.safe_load(Path(path).read_text()) or {}).get("preset")
-    return preset or DEFAULT_PRESET
-
-
-def train_parser(preset: str = DEFAULT_PRESET) -> ArgumentParser:
-    parser = ArgumentParser(
-        prog="vitlab train",
-        description="Train a ViT from scratch. Defaults come from the preset; YAML files and flags override them.",
-        default_env=False,
-    )
-    parser.add_argument("--config", action=ActionConfigFile, help="YAML file(s) with model/data/train sections")
-    parser.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(RUN_PRESETS),
-                        help="training recipe giving the defaults (see `vitlab presets`)")
-    parser.add_argument("--run_dir", "--run-dir", default=None,
-                        help="where the run is written (default runs/PRESET-TIMESTAMP); never overwritten")
-    parser.add_argument("--resume", default=None, help="continue the run in this directory after a kill")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars or epoch lines")
-    parser.add_argument("--arch", default="vit", choices=list(ARCHITECTURES),
-                        help="vit, or a convolutional baseline trained the same way (cnn, resnet18); "
-                             "baselines take the input size, channels and classes from --model")
-    parser.add_class_arguments(ViTConfig, "model")
-    parser.add_class_arguments(DataConfig, "data")
-    parser.add_class_arguments(TrainConfig, "train")
-    base = run_config(preset)
-    defaults = {"preset": preset, "arch": base.arch, **_flatten("model", base.model.to_dict()), **_flatten("data", asdict(base.data)),
-                **_flatten("train", asdict(base.train))}
-    parser.set_defaults(defaults)
-    return parser
-
-
-@cache
-def _strict_train_parser(preset: str) -> ArgumentParser:
-    parser = train_parser(preset)
-    parser.exit_on_error = False  # raise instead of printing usage and exiting
-    return parser
-
-
-def parse_train_flags(argv: list[str], strict: bool = False) -> tuple[Namespace, RunConfig]:
-    """The parsed ``vitlab train`` flags and the run configuration they describe (preset defaults,
-    then ``--config`` files, then single flags). ``strict``: raise ``ArgumentError`` on a bad flag
-    instead of exiting (what ``vitlab sweep`` uses to check every trial before any trains)."""
-    preset = _peek_preset(argv)
-    args = (_strict_train_parser(preset) if strict else train_parser(preset)).parse_args(argv)
-    return args, RunConfig.from_dict(args.as_dict())
-
-
-def budget_overrides_epochs(argv: list[str], cfg: RunConfig) -> str | None:
-    """A note for ``--train.epochs N`` given while the run has a time budget, which plans the epochs instead."""
-    flags = [a.split("=")[0] for a in argv]
-    if "--train.epochs" not in flags or cfg.train.time_budget_s is None:
-        return None
-    source = "--train.time_budget_s" if "--train.time_budget_s" in flags else "the preset or config file"
-    return (f"note: a time budget of {cfg.train.time_budget_s:g} s (from {source}) plans the number of epochs after the "
-            f"first one, so --train.epochs {cfg.train.epochs} is not what will run; add --train.time_budget_s null to "
-            f"train exactly {cfg.train.epochs} epochs")
-
+__all__ = ["COMMANDS", "budget_overrides_epochs", "main", "parse_train_flags", "train_parser"]
 
 def cmd_train(argv: list[str]) -> int:
     from vitlab.training import train
 
     args, cfg = parse_train_flags(argv)
-    if not args.resume and (note := budget_overrides_epochs(argv, cfg)):
-        print(note, file=sys.stderr)
     if args.resume:
-        settings = [a for a in argv if a.split("=")[0].startswith(("--model", "--data", "--train", "--config", "--preset", "--arch"))]
-        if settings:
-            raise ValueError(f"--resume continues a run with the configuration saved in {args.resume}/config.yaml; "
-                             f"drop {settings} (or start a new run without --resume)")
-        result = train(RunConfig(), args.resume, resume=True, progress=not args.quiet)
-    else:
-        run_dir = args.run_dir or f"runs/{args.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
-        result = train(cfg, run_dir, progress=not args.quiet)
-    return _finish(result)
-
-
-FINETUNE_TRAIN_DEFAULTS = TrainConfig(epochs=5, batch_size=64, lr=5e-4, weight_decay=0.05, warmup_epochs=0.5,
-                                      label_smoothing=0.1, grad_clip=1.0)
-FINETUNE_AUGMENT = {"mnist": "digits", "fashion_mnist": "flip", "cifar10": "crop_flip", "cifar100": "crop_flip",
-                    "imagefolder": "crop_flip"}
-
-
-def finetune_parser() -> ArgumentParser:
-    parser = ArgumentParser(
-        prog="vitlab finetune",
-        description="Fine-tune pretrained weights (timm, torchvision, Hugging Face, Google .npz) on a data set: "
-                    "a new zero-initialised head; the weights' preprocessing applied; linear probe, staged or full.",
-        default_env=False,
-    )
-    parser.add_argument("--config", action=ActionConfigFile, help="YAML file(s) with data/train/finetune sections")
-    parser.add_argument("--pretrained", default=None, help="registry name (`vitlab weights`) or weights file")
-    parser.add_argument("--dataset", default=None, help="mnist, fashion_mnist, cifar10, cifar100, imagefolder or hf:NAME "
-                                                         "(Hugging Face datasets: hf:user/name, hf:/saved/folder, hf:parquet)")
-    parser.add_argument("--mode", default=None, choices=["linear", "staged", "full"], help="what to train")
-    parser.add_argument("--run_dir", "--run-dir", default=None, help="where the run is written; never overwritten")
-    parser.add_argument("--resume", default=None, help="continue the run in this directory after a kill")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars or epoch lines")
-    parser.add_class_arguments(FinetuneConfig, "finetune")
-    parser.add_class_arguments(DataConfig, "data")
-    parser.add_class_arguments(TrainConfig, "train")
-    parser.set_defaults({**_flatten("data", {**asdict(DataConfig()), "dataset": "cifar10"}),
-                         **_flatten("train", asdict(FINETUNE_TRAIN_DEFAULTS))})
-    return parser
+        return _finish(train(None, args.resume, resume=True, progress=not args.quiet, epochs=_resume_epochs(argv, args)))
+    if note := budget_overrides_epochs(argv, cfg):
+        print(note, file=sys.stderr)
+    run_dir = args.run_dir or f"runs/{args.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return _finish(train(cfg, run_dir, progress=not args.quiet))
 
 
 def cmd_finetune(argv: list[str]) -> int:
     from vitlab.training import train
 
-    args = finetune_parser().parse_args(argv)
+    args, cfg = parse_finetune_flags(argv)
     if args.resume:
-        return _finish(train(RunConfig(), args.resume, resume=True, progress=not args.quiet))
-    ft = FinetuneConfig(**vars(args.finetune))
-    data = DataConfig(**{**vars(args.data), **({"mean": tuple(args.data.mean)} if args.data.mean else {}),
-                         **({"std": tuple(args.data.std)} if args.data.std else {})})
-    ft.pretrained = args.pretrained or ft.pretrained
-    ft.mode = args.mode or ft.mode
-    data.dataset = args.dataset or data.dataset
-    if not any(a.split("=")[0] == "--data.augment" for a in argv):  # a sensible default per data set and mode
-        data.augment = "none" if ft.mode == "linear" else FINETUNE_AUGMENT.get(data.dataset, "none")
-    cfg = RunConfig(data=data, train=TrainConfig(**{**vars(args.train), "betas": tuple(args.train.betas)}), finetune=ft)
-    slug = "".join(c if c.isalnum() or c in "._-" else "_" for c in data.dataset).strip("_.")[-48:]  # hf:user/name -> hf_user_name
+        return _finish(train(None, args.resume, resume=True, progress=not args.quiet, epochs=_resume_epochs(argv, args)))
+    slug = "".join(c if c.isalnum() or c in "._-" else "_" for c in cfg.data.dataset).strip("_.")[-48:]  # hf:user/name -> hf_user_name
     run_dir = args.run_dir or f"runs/finetune-{slug}-{time.strftime('%Y%m%d-%H%M%S')}"
     return _finish(train(cfg, run_dir, progress=not args.quiet))
+
+
+def _resume_epochs(argv: list[str], args) -> int | None:
+    """``--resume RUN_DIR`` takes the run's own config.yaml; only ``--train.epochs N`` may come with it (train longer)."""
+    flags = [ALIASES.get(a.split("=")[0], a.split("=")[0]) for a in argv if a.startswith("-")]
+    settings = [f for f in flags if f.startswith(("--model", "--data", "--train", "--config", "--preset", "--arch",
+                                                   "--finetune", "--pretrained", "--dataset", "--mode"))]
+    if [f for f in settings if f != "--train.epochs"]:
+        raise ValueError(f"--resume continues a run with the configuration saved in {args.resume}/config.yaml; drop "
+                         f"{[f for f in settings if f != '--train.epochs']} (only --train.epochs N may come with it, to "
+                         "train longer), or start a new run without --resume")
+    return args.train.epochs if "--train.epochs" in settings else None
 
 
 def _finish(result) -> int:
@@ -242,9 +133,9 @@ def _source_help(what: str) -> str:
 
 
 def cmd_attention(argv: list[str]) -> int:
+    from vitlab.device import resolve_device
     from vitlab.insight.explain import write_attention_overlays
     from vitlab.predict import load_model
-    from vitlab.training.trainer import resolve_device
 
     parser = ArgumentParser(prog="vitlab attention", description="Attention overlays: for each image a grid of the "
                             "input, the attention rollout and the last layer's per-head maps, with the top-k prediction.")
@@ -267,9 +158,9 @@ def cmd_attention(argv: list[str]) -> int:
 
 
 def cmd_inspect(argv: list[str]) -> int:
+    from vitlab.device import resolve_device
     from vitlab.insight.explain import write_model_figures
     from vitlab.predict import load_model, load_model_images
-    from vitlab.training.trainer import resolve_device
 
     parser = ArgumentParser(prog="vitlab inspect", description="The ViT paper's figure 7 for a model: principal "
                             "components of the patch-embedding filters, position-embedding similarity, and mean "
@@ -457,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE)
         return 0
     if argv[0] in ("-V", "--version"):
-        from vitlab import __version__
+        from vitlab._version import __version__
 
         print(f"vitlab {__version__}")
         return 0

@@ -1,7 +1,9 @@
-"""Configuration of a training run: data, optimisation, and where the run is written.
+"""Configuration of a training run: the model, the data, the optimisation and, when fine-tuning, the weights.
 
-Plain dataclasses, so the CLI (jsonargparse) can fill them from presets, YAML files and
-command-line flags, and the run directory can store them as YAML.
+Frozen dataclasses: :func:`vitlab.resolve.resolve_config` builds one from a preset, YAML files,
+flags and what the data and the weights decide, checks it, and from then on it is only read
+(change a copy with ``dataclasses.replace``). ``RunConfig()`` is ``vitlab train``'s default, the
+``mnist`` preset. The attribute docstrings are the flags' ``--help`` text.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal, Optional
 
-from vitlab.model import ViTConfig
+from vitlab.model import MODEL_PRESETS, ViTConfig
 
 DATA_DIR_ENV = "VITLAB_DATA_DIR"
 CACHE_DIR_ENV = "VITLAB_CACHE_DIR"
@@ -27,7 +29,7 @@ def default_cache_dir() -> str:
     return os.environ.get(CACHE_DIR_ENV) or str(Path.home() / ".cache" / "vitlab" / "cache")
 
 
-@dataclass
+@dataclass(frozen=True)
 class DataConfig:
     """Which images to train on and how to feed them."""
 
@@ -50,6 +52,7 @@ class DataConfig:
     train_subset: Optional[int] = None
     """Use only the first N (shuffled, seeded) training images: quick experiments and tests."""
     val_subset: Optional[int] = None
+    """Use only the first N (shuffled, seeded) validation images."""
     num_workers: int = 2
     """Processes that decode image files (once, into the cache, or every epoch when streaming)."""
     max_cache_gib: float = 8.0
@@ -57,6 +60,7 @@ class DataConfig:
     mean: Optional[tuple[float, ...]] = None
     """Normalisation mean per channel (default: the data set's own; fine-tuning: the weights')."""
     std: Optional[tuple[float, ...]] = None
+    """Normalisation std per channel (default: the data set's own; fine-tuning: the weights')."""
     interpolation: Literal["bicubic", "bilinear"] = "bicubic"
     """Resampling when images are resized to the model's img_size."""
     crop_pct: float = 1.0
@@ -74,6 +78,11 @@ class DataConfig:
     label_column: Optional[str] = None
     """hf: the column holding the labels (default: the first ClassLabel feature, else an integer column named label)."""
 
+    def __post_init__(self) -> None:
+        for key in ("mean", "std"):  # YAML and JSON give lists; a frozen config keeps tuples
+            if getattr(self, key) is not None:
+                object.__setattr__(self, key, tuple(getattr(self, key)))
+
     def resolved_data_dir(self) -> Path:
         return Path(self.data_dir or default_data_dir()).expanduser()
 
@@ -81,7 +90,7 @@ class DataConfig:
         return Path(self.cache_dir or default_cache_dir()).expanduser()
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
     """Optimisation: AdamW with decoupled weight decay, warm-up + cosine, label smoothing, clipping."""
 
@@ -91,15 +100,23 @@ class TrainConfig:
     """Train for this many seconds of wall time: the first epoch is timed and ``epochs`` becomes the number that
     fits (the cosine schedule follows it; the plan goes into config.yaml). None: train ``epochs`` epochs."""
     batch_size: int = 128
+    """Images per optimisation step (over all processes under torchrun)."""
     optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
+    """adamw (decoupled weight decay), adam, or sgd (momentum 0.9, Nesterov)."""
     lr: float = 1e-3
+    """Peak learning rate, reached after the warm-up."""
     min_lr: float = 1e-6
+    """Learning rate at the end of the cosine schedule."""
     weight_decay: float = 0.05
     """Decoupled weight decay; never applied to norms, biases, position embedding or CLS token."""
     betas: tuple[float, float] = (0.9, 0.999)
+    """Adam(W)'s moving-average coefficients."""
     schedule: Literal["cosine", "constant"] = "cosine"
+    """Learning rate after the warm-up: cosine decay to min_lr, or constant."""
     warmup_epochs: float = 1.0
+    """Linear warm-up from 0 to lr over this many epochs (fractions allowed)."""
     label_smoothing: float = 0.0
+    """Cross-entropy label smoothing in [0, 1)."""
     grad_clip: float = 1.0
     """Clip the global gradient norm to this value (0: off)."""
     ema_decay: float = 0.0
@@ -110,15 +127,21 @@ class TrainConfig:
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     """auto: bf16 autocast on CUDA, fp32 on CPU."""
     device: str = "auto"
+    """auto (CUDA when available, else CPU), cpu, cuda, cuda:N or mps."""
     seed: int = 0
+    """Seeds the initialisation, the data order, the augmentation and dropout."""
     eval_batch_size: int = 512
+    """Images per batch when validating."""
     threads: Optional[int] = None
     """CPU threads for PyTorch (default: PyTorch's own choice)."""
     tensorboard: bool = False
     """Also log the epoch metrics to RUN_DIR/tensorboard (needs ``pip install tensorboard``)."""
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "betas", tuple(self.betas))
 
-@dataclass
+
+@dataclass(frozen=True)
 class FinetuneConfig:
     """Start from pretrained weights: which ones, and what to train."""
 
@@ -137,17 +160,21 @@ class FinetuneConfig:
     layer_decay: float = 1.0
     """Layer-wise learning-rate decay: block i trains at lr * layer_decay^(depth - i) (1: off)."""
     drop_path_rate: float = 0.0
+    """Stochastic depth while fine-tuning (the weights' architecture otherwise unchanged)."""
     cache_features: bool = True
     """linear without augmentation: run the frozen backbone once per image, then train the head on the features."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class RunConfig:
-    """A whole training run: the model, the data and the schedule (and, when fine-tuning, the weights)."""
+    """A whole training run: the model, the data and the schedule (and, when fine-tuning, the weights).
 
-    model: ViTConfig = field(default_factory=lambda: ViTConfig(img_size=28, patch_size=4, in_chans=1, num_classes=10))
-    data: DataConfig = field(default_factory=DataConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+    The defaults are ``vitlab train``'s: the ``mnist`` preset (a 4-block ViT on 16 tokens of 7x7 pixels).
+    """
+
+    model: ViTConfig = field(default_factory=lambda: MODEL_PRESETS["vit_mnist"])
+    data: DataConfig = field(default_factory=lambda: DataConfig(dataset="mnist", augment="digits"))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=10, batch_size=128, lr=3e-3, warmup_epochs=0.5))
     finetune: Optional[FinetuneConfig] = None
     arch: str = "vit"
     """vit, or a convolutional baseline trained the same way: cnn, resnet18 (see :mod:`vitlab.baselines`)."""
@@ -160,16 +187,9 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> RunConfig:
-        train = dict(d.get("train", {}))
-        if "betas" in train:
-            train["betas"] = tuple(train["betas"])
-        data = dict(d.get("data", {}))
-        for key in ("mean", "std"):
-            if data.get(key) is not None:
-                data[key] = tuple(data[key])
         finetune = FinetuneConfig(**d["finetune"]) if d.get("finetune") else None
-        return cls(model=ViTConfig(**d["model"]), data=DataConfig(**data), train=TrainConfig(**train), finetune=finetune,
-                   arch=d.get("arch", "vit"))
+        return cls(model=ViTConfig(**d["model"]), data=DataConfig(**d.get("data", {})), train=TrainConfig(**d.get("train", {})),
+                   finetune=finetune, arch=d.get("arch", "vit"))
 
 
 def _plain(d: dict) -> dict:

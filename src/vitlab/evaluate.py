@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -12,9 +12,10 @@ import torch
 from vitlab.config import RunConfig
 from vitlab.data import ImageData, load_data
 from vitlab.data.augment import FLIP_AUGMENTATIONS
+from vitlab.device import resolve_device
 from vitlab.predict import model_preprocess
 from vitlab.training.checkpoint import load_checkpoint
-from vitlab.training.trainer import evaluate, resolve_device
+from vitlab.training.trainer import evaluate
 
 TTA_MODES = ("none", "flip")
 
@@ -55,12 +56,9 @@ def training_data(info: dict, source: str | Path, image_size, data_dir: str | No
     if "run_config" not in info:
         raise ValueError(f"{source} does not say which data it was trained on (no run_config in its metadata)")
     cfg = RunConfig.from_dict(info["run_config"])
-    if whole_splits:
-        cfg.data.train_subset = cfg.data.val_subset = None
-    if data_dir:
-        cfg.data.data_dir = data_dir
-    if data_path:
-        cfg.data.path = data_path
+    where = {"data_dir": data_dir or cfg.data.data_dir, "path": data_path or cfg.data.path}
+    subsets = {"train_subset": None, "val_subset": None} if whole_splits else {}
+    cfg = replace(cfg, data=replace(cfg.data, **where, **subsets))
     return load_data(cfg.data, image_size=image_size, seed=cfg.train.seed)
 
 

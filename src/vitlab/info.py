@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from vitlab.model import ViT, ViTConfig, count_flops
 from vitlab.presets import MODEL_ALIASES, MODEL_PRESETS, RUN_PRESETS, model_config
+from vitlab.resolve import resolve_config
 
 
-def resolve_config(name: str) -> ViTConfig:
+def model_of(name: str) -> ViTConfig:
     """A model preset, a run preset's model, or the model of a checkpoint file."""
     if name in MODEL_PRESETS or name in MODEL_ALIASES:
         return model_config(name)
     if name in RUN_PRESETS:
-        return RUN_PRESETS[name].model
+        return resolve_config(name, facts=False).model
     if Path(name).exists():
         from vitlab.training.checkpoint import read_checkpoint_info
 
@@ -24,9 +26,9 @@ def resolve_config(name: str) -> ViTConfig:
 
 
 def describe(name: str, num_classes: int | None = None) -> str:
-    cfg = resolve_config(name)
+    cfg = model_of(name)
     if num_classes is not None:
-        cfg = ViTConfig(**{**cfg.to_dict(), "num_classes": num_classes})
+        cfg = replace(cfg, num_classes=num_classes)
     torch.manual_seed(0)
     model = ViT(cfg)
     flops = count_flops(model)

@@ -19,6 +19,7 @@ checkpoints map onto this model without renaming.
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import asdict, dataclass, replace
 from typing import Literal
 
@@ -35,6 +36,9 @@ __all__ = [
     "Block",
     "DropPath",
     "sincos_pos_embed_2d",
+    "MODEL_PRESETS",
+    "MODEL_ALIASES",
+    "model_config",
 ]
 
 
@@ -54,23 +58,32 @@ _CHOICES = {
 }
 
 
-@dataclass
+@dataclass(frozen=True)
 class ViTConfig:
-    """Everything that defines a ViT's architecture.
+    """Everything that defines a ViT's architecture (frozen: change one with ``dataclasses.replace``).
 
     ``img_size`` and ``patch_size`` take an int (square) or ``(height, width)``.
     ``mlp_ratio`` sets the hidden width of each MLP as a multiple of ``embed_dim``.
     """
 
     img_size: int | tuple[int, int] = 224
+    """Input height and width in pixels (one int: square)."""
     patch_size: int | tuple[int, int] = 16
+    """Patch height and width in pixels; must divide img_size."""
     in_chans: int = 3
+    """Input channels: 1 (grayscale) or 3 (RGB)."""
     num_classes: int = 1000
+    """Classes of the head (training sets it from the data)."""
     embed_dim: int = 768
+    """Token width D."""
     depth: int = 12
+    """Transformer blocks."""
     num_heads: int = 12
+    """Attention heads per block; must divide embed_dim."""
     mlp_ratio: float = 4.0
+    """Hidden width of each MLP as a multiple of embed_dim."""
     qkv_bias: bool = True
+    """Bias in the query/key/value projection."""
     patch_embed: Literal["conv", "manual", "conv_stem"] = "conv"
     """How patches are embedded: a strided convolution, or unfold + linear (same weights), or
     ``conv_stem``: 3x3 stride-2 convolutions (BatchNorm, ReLU) down to the patch grid, then a 1x1
@@ -80,24 +93,37 @@ class ViTConfig:
     """``conv_stem`` only: this many 3x3 stride-1 convolutions (BatchNorm, ReLU) at the image's own resolution
     before the stride-2 ones, for features that see finer detail than the first downsampling keeps."""
     pos_embed: Literal["learned", "sincos", "none"] = "learned"
+    """Position embedding: learned, fixed 2-D sin-cos, or none."""
     class_token: bool = True
+    """Prepend a learned CLS token."""
     pool: Literal["cls", "gap"] = "cls"
     """Read out the CLS token ("cls") or average the patch tokens ("gap")."""
     drop_rate: float = 0.0
     """Dropout after the position embedding, in the MLPs, after attention, before the head."""
     attn_drop_rate: float = 0.0
+    """Dropout on the attention weights."""
     drop_path_rate: float = 0.0
     """Stochastic depth: the largest drop probability, reached by the last block."""
     norm_eps: float = 1e-6
+    """LayerNorm epsilon (1e-6 as in the original release; Hugging Face uses 1e-12)."""
     attn_impl: Literal["sdpa", "explicit"] = "sdpa"
     """`sdpa`: fused F.scaled_dot_product_attention; `explicit`: softmax(QK^T/sqrt(d))V."""
 
     def __post_init__(self) -> None:
-        self.img_size = _pair(self.img_size)
-        self.patch_size = _pair(self.patch_size)
+        object.__setattr__(self, "img_size", _pair(self.img_size))  # frozen: set once, normalised
+        object.__setattr__(self, "patch_size", _pair(self.patch_size))
         (h, w), (ph, pw) = self.img_size, self.patch_size
         if min(h, w, ph, pw) <= 0:
             raise ValueError(f"img_size {self.img_size} and patch_size {self.patch_size} must be positive")
+        for name in ("in_chans", "embed_dim", "num_heads"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.depth < 0 or self.num_classes < 0 or self.mlp_ratio <= 0:
+            raise ValueError(f"depth ({self.depth}) and num_classes ({self.num_classes}) must be >= 0 and mlp_ratio "
+                             f"({self.mlp_ratio}) > 0")
+        for name in ("drop_rate", "attn_drop_rate", "drop_path_rate"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} is a probability in [0, 1), got {getattr(self, name)}")
         if h % ph or w % pw:
             fits_h = [p for p in range(1, h + 1) if h % p == 0]
             fits_w = [p for p in range(1, w + 1) if w % p == 0]
@@ -349,7 +375,7 @@ class ViT(nn.Module):
 
     def __init__(self, cfg: ViTConfig | None = None, **overrides) -> None:
         super().__init__()
-        cfg = replace(cfg or ViTConfig(), **overrides)  # a copy: the model may change its own (head, pooling)
+        cfg = replace(cfg or ViTConfig(), **overrides)
         self.cfg = cfg
         self.num_classes = cfg.num_classes
         self.embed_dim = self.num_features = cfg.embed_dim
@@ -377,9 +403,7 @@ class ViT(nn.Module):
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> ViT:
-        """Build a named architecture (see ``vitlab.presets.MODEL_PRESETS``), with overrides."""
-        from vitlab.presets import model_config
-
+        """Build a named architecture (see :data:`MODEL_PRESETS`), with overrides."""
         return cls(model_config(name, **overrides))
 
     def init_weights(self) -> None:
@@ -417,8 +441,9 @@ class ViT(nn.Module):
         if pool is not None:
             if pool == "cls" and self.cls_token is None:
                 raise ValueError("pool='cls' needs a model built with class_token=True")
-            self.cfg.pool = pool
-        self.num_classes = self.cfg.num_classes = num_classes
+            self.cfg = replace(self.cfg, pool=pool)
+        self.cfg = replace(self.cfg, num_classes=num_classes)
+        self.num_classes = num_classes
         like = self.norm.weight
         self.head = (nn.Linear(self.embed_dim, num_classes, device=like.device, dtype=like.dtype)
                      if num_classes > 0 else nn.Identity())
@@ -501,3 +526,50 @@ def count_flops(model_or_cfg: ViT | ViTConfig, every_token: bool = True) -> int:
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         probe.forward_head(probe.forward_features(x)) if every_token else probe(x)
     return int(counter.get_total_flops())
+
+
+# ----------------------------------------------------------------------------- named architectures
+
+MODEL_PRESETS: dict[str, ViTConfig] = {
+    # The paper's sizes (DeiT's Ti and S) at 224x224 with 16x16 patches, timm's names.
+    "vit_tiny_patch16_224": ViTConfig(embed_dim=192, depth=12, num_heads=3),
+    "vit_small_patch16_224": ViTConfig(embed_dim=384, depth=12, num_heads=6),
+    "vit_base_patch16_224": ViTConfig(embed_dim=768, depth=12, num_heads=12),
+    "vit_large_patch16_224": ViTConfig(embed_dim=1024, depth=24, num_heads=16),
+    # Small-data models for 28x28 digits.
+    "vit_mnist": ViTConfig(
+        img_size=28, patch_size=7, in_chans=1, num_classes=10, embed_dim=64, depth=4, num_heads=4, mlp_ratio=2.0
+    ),
+    "vit_mnist_long": ViTConfig(
+        img_size=28, patch_size=4, in_chans=1, num_classes=10, embed_dim=96, depth=6, num_heads=4,
+        mlp_ratio=2.0, drop_path_rate=0.05,
+    ),
+    # Digits through a convolutional stem (two 3x3 stride-2 convs): 49 tokens of 4x4 pixels, dim 64.
+    "vit_mnist_stem": ViTConfig(
+        img_size=28, patch_size=4, in_chans=1, num_classes=10, embed_dim=64, depth=2, num_heads=4, mlp_ratio=2.0,
+        patch_embed="conv_stem",
+    ),
+    # CIFAR-size model with a convolutional stem: 64 tokens of 4x4 pixels, dim 128, 6 blocks.
+    "vit_cifar_stem": ViTConfig(
+        img_size=32, patch_size=4, in_chans=3, num_classes=10, embed_dim=128, depth=6, num_heads=4, mlp_ratio=2.0,
+        drop_path_rate=0.1, patch_embed="conv_stem",
+    ),
+    # The configuration of the popular from-scratch tutorial (patch 7, dim 16, 4 heads, 4 blocks, MLP 64).
+    "vit_seed": ViTConfig(
+        img_size=28, patch_size=7, in_chans=1, num_classes=10, embed_dim=16, depth=4, num_heads=4, mlp_ratio=4.0
+    ),
+}
+MODEL_ALIASES = {"vit_tiny": "vit_tiny_patch16_224", "vit_small": "vit_small_patch16_224",
+                 "vit_base": "vit_base_patch16_224", "vit_large": "vit_large_patch16_224",
+                 "ti16": "vit_tiny_patch16_224", "s16": "vit_small_patch16_224",
+                 "b16": "vit_base_patch16_224", "l16": "vit_large_patch16_224"}
+
+
+def model_config(name: str, **overrides) -> ViTConfig:
+    """A copy of the named architecture, with any field overridden."""
+    key = MODEL_ALIASES.get(name, name)
+    if key not in MODEL_PRESETS:
+        close = difflib.get_close_matches(name, [*MODEL_PRESETS, *MODEL_ALIASES], n=3, cutoff=0.5)
+        hint = f"did you mean {' or '.join(close)}? " if close else ""
+        raise KeyError(f"unknown model preset {name!r}; {hint}choose one of {sorted(MODEL_PRESETS)}")
+    return replace(MODEL_PRESETS[key], **overrides)

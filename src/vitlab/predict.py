@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 
 import torch
 
 from vitlab.data import Preprocess
 from vitlab.data.datasets import resize_and_crop
+from vitlab.device import resolve_device
 from vitlab.training.checkpoint import load_checkpoint
-from vitlab.training.trainer import resolve_device
 
 
 def load_image(path: str | Path, in_chans: int, image_size: tuple[int, int] | None = None, crop_pct: float = 1.0,
@@ -42,11 +43,16 @@ def load_model(source: str | Path, device: str | torch.device = "cpu") -> tuple[
     try:
         return load_checkpoint(source, device=device)
     except CheckpointError as checkpoint_error:
-        from vitlab.pretrained import WeightsError, load_pretrained
+        from vitlab.pretrained import WEIGHTS, WeightsError, load_pretrained
         from vitlab.pretrained.load import registry_entry_for
+        from vitlab.pretrained.registry import WEIGHT_ALIASES
 
         if not Path(source).exists() and registry_entry_for(str(source)) is None:
-            raise checkpoint_error
+            names = [*WEIGHTS, *WEIGHT_ALIASES]
+            close = difflib.get_close_matches(str(source), names, n=3, cutoff=0.6)
+            hint = f"did you mean {' or '.join(close)}? " if close else ""
+            raise CheckpointError(f"{source} does not exist as a checkpoint or run directory and is not a registry name "
+                                  f"of pretrained weights; {hint}`vitlab weights` lists the names") from checkpoint_error
         try:
             model, pinfo = load_pretrained(source)
         except WeightsError as exc:
@@ -69,17 +75,49 @@ def load_model_images(model: torch.nn.Module, info: dict, paths: list[str | Path
                                    prep.get("interpolation", "bicubic")) for p in paths])
 
 
+def to_image_tensor(image, in_chans: int, image_size: tuple[int, int], crop_pct: float = 1.0,
+                    interpolation: str = "bicubic") -> torch.Tensor:
+    """A file path, a PIL image, or an image tensor (C, H, W): uint8, or float in [0, 1]) as the uint8
+    (C, H, W) the model's data was, resized and cropped the same way."""
+    if isinstance(image, (str, Path)):
+        return load_image(image, in_chans, image_size, crop_pct, interpolation)
+    if isinstance(image, torch.Tensor):
+        if image.dim() != 3:
+            raise ValueError(f"an image tensor is (channels, height, width); got shape {tuple(image.shape)}")
+        if image.is_floating_point():
+            image = (image.clamp(0, 1) * 255).round().to(torch.uint8)
+        return resize_and_crop(image, image_size, crop_pct, interpolation)
+    from PIL import Image
+    from torchvision.transforms.v2 import functional as TF
+
+    if not isinstance(image, Image.Image):
+        raise TypeError(f"expected an image file path, a PIL image or a tensor, got {type(image).__name__}")
+    return TF.pil_to_tensor(resize_and_crop(image.convert("L" if in_chans == 1 else "RGB"), image_size, crop_pct,
+                                            interpolation))
+
+
 @torch.no_grad()
-def predict_files(checkpoint: str | Path, images: list[str], topk: int = 5, device: str = "auto") -> list[dict]:
-    """Top-k class names and probabilities for each image file."""
+def predict(model, images: list, topk: int = 5, device: str = "auto") -> list[dict]:
+    """Top-k class names and probabilities for each image (file paths, PIL images or image tensors).
+
+    ``model``: a checkpoint, a run directory, pretrained weights (registry name or file), or a
+    ``(model, info)`` pair from :func:`load_model`.
+    """
     dev = resolve_device(device)
-    model, info = load_model(checkpoint, device=dev)
-    classes = info["classes"]
-    batch = load_model_images(model, info, images)
+    model, info = model if isinstance(model, tuple) else load_model(model, device=dev)
+    model = model.to(dev).eval()
+    prep, classes = info["preprocessing"], info["classes"]
+    batch = torch.stack([to_image_tensor(image, model.cfg.in_chans, tuple(model.cfg.img_size), prep.get("crop_pct", 1.0),
+                                         prep.get("interpolation", "bicubic")) for image in images])
     probs = model(model_preprocess(model, info)(batch.to(dev))).softmax(-1).cpu()
     top = probs.topk(min(topk, probs.shape[1]), dim=1)
     return [
-        {"image": str(path), "classes": [classes[i] for i in idx.tolist()], "indices": idx.tolist(),
-         "probs": [round(p, 6) for p in val.tolist()]}
-        for path, val, idx in zip(images, top.values, top.indices)
+        {"image": str(image) if isinstance(image, (str, Path)) else f"image {i}",
+         "classes": [classes[j] for j in idx.tolist()], "indices": idx.tolist(), "probs": [round(p, 6) for p in val.tolist()]}
+        for i, (image, val, idx) in enumerate(zip(images, top.values, top.indices))
     ]
+
+
+def predict_files(checkpoint: str | Path, images: list[str], topk: int = 5, device: str = "auto") -> list[dict]:
+    """Top-k class names and probabilities for each image file."""
+    return predict(checkpoint, images, topk=topk, device=device)

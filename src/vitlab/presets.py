@@ -6,54 +6,23 @@ schedule, so ``vitlab train --preset NAME`` reproduces a documented result.
 
 from __future__ import annotations
 
-import copy
+import difflib
 from dataclasses import replace
 
-from vitlab.config import DataConfig, RunConfig, TrainConfig
-from vitlab.model import ViTConfig
+from vitlab.config import DataConfig, FinetuneConfig, RunConfig, TrainConfig
+from vitlab.model import MODEL_ALIASES, MODEL_PRESETS, ViTConfig, model_config
 
-MODEL_PRESETS: dict[str, ViTConfig] = {
-    # The paper's sizes (DeiT's Ti and S) at 224x224 with 16x16 patches, timm's names.
-    "vit_tiny_patch16_224": ViTConfig(embed_dim=192, depth=12, num_heads=3),
-    "vit_small_patch16_224": ViTConfig(embed_dim=384, depth=12, num_heads=6),
-    "vit_base_patch16_224": ViTConfig(embed_dim=768, depth=12, num_heads=12),
-    "vit_large_patch16_224": ViTConfig(embed_dim=1024, depth=24, num_heads=16),
-    # Small-data models for 28x28 digits.
-    "vit_mnist": ViTConfig(
-        img_size=28, patch_size=7, in_chans=1, num_classes=10, embed_dim=64, depth=4, num_heads=4, mlp_ratio=2.0
-    ),
-    "vit_mnist_long": ViTConfig(
-        img_size=28, patch_size=4, in_chans=1, num_classes=10, embed_dim=96, depth=6, num_heads=4,
-        mlp_ratio=2.0, drop_path_rate=0.05,
-    ),
-    # Digits through a convolutional stem (two 3x3 stride-2 convs): 49 tokens of 4x4 pixels, dim 64.
-    "vit_mnist_stem": ViTConfig(
-        img_size=28, patch_size=4, in_chans=1, num_classes=10, embed_dim=64, depth=2, num_heads=4, mlp_ratio=2.0,
-        patch_embed="conv_stem",
-    ),
-    # CIFAR-size model with a convolutional stem: 64 tokens of 4x4 pixels, dim 128, 6 blocks.
-    "vit_cifar_stem": ViTConfig(
-        img_size=32, patch_size=4, in_chans=3, num_classes=10, embed_dim=128, depth=6, num_heads=4, mlp_ratio=2.0,
-        drop_path_rate=0.1, patch_embed="conv_stem",
-    ),
-    # The configuration of the popular from-scratch tutorial (patch 7, dim 16, 4 heads, 4 blocks, MLP 64).
-    "vit_seed": ViTConfig(
-        img_size=28, patch_size=7, in_chans=1, num_classes=10, embed_dim=16, depth=4, num_heads=4, mlp_ratio=4.0
-    ),
-}
-MODEL_ALIASES = {"vit_tiny": "vit_tiny_patch16_224", "vit_small": "vit_small_patch16_224",
-                 "vit_base": "vit_base_patch16_224", "vit_large": "vit_large_patch16_224",
-                 "ti16": "vit_tiny_patch16_224", "s16": "vit_small_patch16_224",
-                 "b16": "vit_base_patch16_224", "l16": "vit_large_patch16_224"}
-
+__all__ = ["FINETUNE_AUGMENT", "FINETUNE_BASE", "MODEL_ALIASES", "MODEL_PRESETS", "RUN_PRESETS", "model_config", "run_config"]
 
 RUN_PRESETS: dict[str, RunConfig] = {
     # The default: >= 98.5% MNIST test accuracy in <= 5 minutes on a 2-core CPU (16 tokens of 7x7 pixels).
-    "mnist": RunConfig(
-        model=MODEL_PRESETS["vit_mnist"],
-        data=DataConfig(dataset="mnist", augment="digits"),
-        train=TrainConfig(epochs=10, batch_size=128, lr=3e-3, weight_decay=0.05, warmup_epochs=0.5,
-                          label_smoothing=0.0),
+    "mnist": RunConfig(),  # RunConfig's own defaults
+    # Photos from scratch (image folders and hf: sources with no preset of their own): a conv-stem ViT whose input
+    # size, patch size, channels and classes come from the data (64x64 pixels and 8x8 patches for photos >= 64 px).
+    "photos": RunConfig(
+        model=replace(MODEL_PRESETS["vit_cifar_stem"], img_size=64, patch_size=8),
+        data=DataConfig(dataset="imagefolder", augment="crop_flip"),
+        train=TrainConfig(epochs=30, batch_size=64, lr=2e-3, weight_decay=0.05, warmup_epochs=2, label_smoothing=0.1),
     ),
     # Longer: 49 tokens of 4x4 pixels, width 96, random affine digits, 60 epochs, validated and saved
     # as the moving average of the weights (README's results table).
@@ -104,13 +73,13 @@ RUN_PRESETS: dict[str, RunConfig] = {
 }
 # >= 99.5% in <= 20 minutes: mnist_5min with 4 blocks, 18 epochs and a moving average of the weights.
 RUN_PRESETS["mnist_20min"] = replace(
-    copy.deepcopy(RUN_PRESETS["mnist_5min"]),
+    RUN_PRESETS["mnist_5min"],
     model=replace(RUN_PRESETS["mnist_5min"].model, depth=4),
     train=replace(RUN_PRESETS["mnist_5min"].train, epochs=18, ema_decay=0.999),
 )
 # Aiming at >= 99.65% in <= 60 minutes: the mnist_20min recipe for 50 epochs.
 RUN_PRESETS["mnist_60min"] = replace(
-    copy.deepcopy(RUN_PRESETS["mnist_20min"]),
+    RUN_PRESETS["mnist_20min"],
     train=replace(RUN_PRESETS["mnist_20min"].train, epochs=50),
 )
 # Fashion-MNIST, aiming at >= 93%: a wider conv-stem ViT (dim 128) whose stem starts with a full-resolution 3x3 conv,
@@ -131,22 +100,28 @@ RUN_PRESETS["cifar10_gpu"] = RunConfig(
                       label_smoothing=0.1, ema_decay=0.999, compile=True),  # precision auto: bf16 on CUDA
 )
 RUN_PRESETS["cifar100"] = replace(
-    copy.deepcopy(RUN_PRESETS["cifar10"]),
+    RUN_PRESETS["cifar10"],
     model=replace(RUN_PRESETS["cifar10"].model, num_classes=100),
     data=DataConfig(dataset="cifar100", augment="crop_flip"),
 )
 
 
-def model_config(name: str, **overrides) -> ViTConfig:
-    """A copy of the named architecture, with any field overridden."""
-    key = MODEL_ALIASES.get(name, name)
-    if key not in MODEL_PRESETS:
-        raise KeyError(f"unknown model preset {name!r}; choose one of {sorted(MODEL_PRESETS)}")
-    return replace(MODEL_PRESETS[key], **overrides)
+# `vitlab finetune`'s defaults: 5 epochs on CIFAR-10 from ViT-Ti/16; the weights decide the model and the preprocessing.
+FINETUNE_BASE = RunConfig(
+    data=DataConfig(dataset="cifar10"),
+    train=TrainConfig(epochs=5, batch_size=64, lr=5e-4, weight_decay=0.05, warmup_epochs=0.5, label_smoothing=0.1,
+                      grad_clip=1.0),
+    finetune=FinetuneConfig(),
+)
+# Fine-tuning's augmentation per data set unless set (a linear probe: none, so features can be computed once).
+FINETUNE_AUGMENT = {"mnist": "digits", "fashion_mnist": "flip", "cifar10": "crop_flip", "cifar100": "crop_flip",
+                    "imagefolder": "crop_flip"}
 
 
 def run_config(name: str) -> RunConfig:
-    """A deep copy of the named training recipe."""
+    """The named training recipe (frozen: change it with ``dataclasses.replace``)."""
     if name not in RUN_PRESETS:
-        raise KeyError(f"unknown run preset {name!r}; choose one of {sorted(RUN_PRESETS)}")
-    return copy.deepcopy(RUN_PRESETS[name])
+        close = difflib.get_close_matches(name, RUN_PRESETS, n=3, cutoff=0.5)
+        hint = f"did you mean {' or '.join(close)}? " if close else ""
+        raise KeyError(f"unknown run preset {name!r}; {hint}choose one of {sorted(RUN_PRESETS)} (`vitlab presets`)")
+    return RUN_PRESETS[name]

@@ -8,8 +8,8 @@ from vitlab.data.datasets import (
     FolderImages,
     ImageData,
     ImageSplit,
-    load_data,
 )
+from vitlab.data.load import load_data
 from vitlab.data.loader import iterate_batches, num_batches
 
 __all__ = [

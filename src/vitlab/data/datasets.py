@@ -84,50 +84,6 @@ class ImageData:
         return len(self.classes)
 
 
-def load_data(cfg: DataConfig, image_size: tuple[int, int] | None = None, seed: int = 0,
-              splits: tuple[str, ...] = ("train", "val"), progress: bool = True) -> ImageData:
-    """Load the data set named by ``cfg``; ``image_size`` is the decode size for image folders and hf: sources
-    (decoded once into a cache, with a progress bar unless ``progress`` is False)."""
-    name = cfg.dataset.lower().replace("-", "_")
-    notes: dict = {}
-    stats = None
-    if cfg.dataset.startswith(HF_PREFIX):
-        from vitlab.data.hf import load_hf  # `datasets` is imported only for hf: sources
-
-        name = cfg.dataset
-        train, test, classes, notes, stats = load_hf(cfg, image_size, splits, seed, progress)
-    elif name not in DATASETS:
-        raise ValueError(f"unknown dataset {cfg.dataset!r}; choose one of {list(DATASETS)} (imagefolder needs --data.path) "
-                         "or hf:NAME (Hugging Face datasets)")
-    elif name in ("mnist", "fashion_mnist"):
-        train, test, classes = _load_mnist_like(cfg, name, splits)
-    elif name in ("cifar10", "cifar100"):
-        train, test, classes = _load_cifar(cfg, name, splits, progress)
-    else:
-        train, test, classes = _load_image_folder(cfg, image_size, splits, progress)
-
-    if cfg.val_fraction > 0 and "train" in splits:
-        train, test, split_notes = _split_off_validation(train, cfg.val_fraction, seed)
-        notes = {**notes, **split_notes}
-    elif test is None:
-        raise ValueError(f"{cfg.dataset} has no validation split; set --data.val_fraction (e.g. 0.1)")
-    if cfg.train_subset is not None and train is not None:
-        train = train.subset(_seeded_perm(len(train), seed)[: cfg.train_subset])
-    if cfg.val_subset is not None and test is not None:
-        test = test.subset(_seeded_perm(len(test), seed + 1)[: cfg.val_subset])
-
-    sample = train if train is not None else test
-    if sample.images is not None:
-        channels, size = sample.images.shape[1], tuple(sample.images.shape[2:])
-    else:
-        img, _ = sample.stream[0]
-        channels, size = img.shape[0], tuple(img.shape[1:])
-    mean, std = stats or NORMALIZATION[name]
-    if cfg.mean is not None or cfg.std is not None:  # e.g. the pretrained weights' normalisation
-        mean, std = tuple(cfg.mean or mean), tuple(cfg.std or std)
-    return ImageData(name, train, test, classes, mean, std, channels, size, notes)  # type: ignore[arg-type]
-
-
 def _seeded_perm(n: int, seed: int) -> torch.Tensor:
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed))
 
@@ -209,7 +165,7 @@ def _load_cifar(cfg: DataConfig, name: str, splits: tuple[str, ...], progress: b
         train = _folder_split(png_folder / "train", cfg, None, None, progress) if "train" in splits else None
         test_dir = png_folder / "test" if (png_folder / "test").is_dir() else png_folder / "val"
         test = _folder_split(test_dir, cfg, None, None, progress) if "val" in splits else None
-        classes = _class_names(png_folder / "train")
+        classes = class_names(png_folder / "train")
         return train, test, classes
     if not pickled.exists() and not cfg.download:
         raise _missing(name, root, [str(pickled), str(root / name / "train")],
@@ -231,28 +187,35 @@ def _load_cifar(cfg: DataConfig, name: str, splits: tuple[str, ...], progress: b
 # ----------------------------------------------------------------------------- image folders
 
 
-def _class_names(folder: Path) -> list[str]:
+def class_names(folder: Path) -> list[str]:
     return sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
 
 
-def _load_image_folder(cfg: DataConfig, image_size: tuple[int, int] | None, splits: tuple[str, ...], progress: bool):
+def folder_splits(cfg: DataConfig) -> tuple[Path, Path | None]:
+    """An image folder's training folder and validation folder: ``train/`` and ``val/`` (valid, validation,
+    test) when it has them, else the folder itself and no validation folder (``--data.val_fraction`` splits it)."""
     if not cfg.path:
-        raise ValueError("dataset 'imagefolder' needs --data.path DIR (class sub-folders, or train/ and val/)")
+        raise ValueError("--data.dataset imagefolder needs --data.path DIR (class sub-folders, or train/ and val/)")
     root = Path(cfg.path).expanduser()
     if not root.is_dir():
-        raise DataNotFoundError(f"image folder {root} does not exist; pass the folder that holds the class folders")
+        raise DataNotFoundError(f"image folder {root} (--data.path) does not exist; pass the folder that holds the "
+                                "class folders")
+    if (root / "train").is_dir():
+        return root / "train", next((root / v for v in ("val", "valid", "validation", "test") if (root / v).is_dir()), None)
+    return root, None
+
+
+def _load_image_folder(cfg: DataConfig, image_size: tuple[int, int] | None, splits: tuple[str, ...], progress: bool):
+    train_dir, val_dir = folder_splits(cfg)
     if image_size is None:
         raise ValueError("image folders are resized to the model's img_size, which was not given")
-    if (root / "train").is_dir():
-        val_dir = next((root / v for v in ("val", "valid", "validation", "test") if (root / v).is_dir()), None)
-        classes = _class_names(root / "train")
-        train = _folder_split(root / "train", cfg, image_size, classes, progress) if "train" in splits else None
-        val = _folder_split(val_dir, cfg, image_size, classes, progress) if val_dir is not None and "val" in splits else None
-        return train, val, classes
-    classes = _class_names(root)
-    if cfg.val_fraction <= 0:
-        raise ValueError(f"{root} has no train/ and val/ sub-folders: set --data.val_fraction (e.g. 0.2) to split it")
-    return _folder_split(root, cfg, image_size, classes, progress), None, classes
+    classes = class_names(train_dir)
+    train = _folder_split(train_dir, cfg, image_size, classes, progress) if "train" in splits else None
+    if val_dir is None and cfg.val_fraction <= 0:
+        raise ValueError(f"{cfg.path} has no validation folder (train/ and val/ sub-folders): set --data.val_fraction "
+                         "(e.g. 0.2) to hold out part of the training images")
+    val = _folder_split(val_dir, cfg, image_size, classes, progress) if val_dir is not None and "val" in splits else None
+    return train, val, classes
 
 
 def _list_images(folder: Path, classes: list[str]) -> tuple[list[Path], list[int]]:
@@ -315,7 +278,7 @@ class FolderImages(Dataset):
 
 
 def _folder_split(folder: Path, cfg: DataConfig, image_size, classes: list[str] | None, progress: bool) -> ImageSplit:
-    classes = classes or _class_names(folder)
+    classes = classes or class_names(folder)
     files, labels = _list_images(folder, classes)
     from PIL import Image
 

@@ -131,6 +131,28 @@ def load_hf(cfg: DataConfig, image_size: tuple[int, int] | None, splits: tuple[s
     return train, val, classes, notes, stats
 
 
+def probe_hf(cfg: DataConfig, sample: int = 32) -> tuple[int, int, list[tuple[int, int]]]:
+    """``(classes, channels, sizes of a sample of training images)`` of the hf: source, as :func:`load_hf` will find them."""
+    hf = _import_datasets()
+    source = cfg.dataset
+    available, _ = _open(hf, cfg)
+    train_name, val_name = _choose_splits(source, available, cfg)
+    first = available[train_name]
+    if len(first) == 0:
+        raise HFDataError(f"{source}: split {train_name!r} is empty; its splits: {_describe_splits(available)}")
+    image_col = _image_column(hf, source, first, cfg.image_column)
+    label_col, names = _label_column(hf, source, first, cfg.label_column)
+    if names is not None:
+        num_classes = len(names)
+    else:  # integer labels: classes 0 .. the largest label of the splits that will be loaded
+        loaded = [train_name] + ([val_name] if val_name is not None and label_col in available[val_name].features else [])
+        num_classes = 1 + max(int(_labels(available[name], label_col, name, source, available).max()) for name in loaded)
+    n = len(first)
+    index = sorted({round(i * (n - 1) / max(1, sample - 1)) for i in range(min(n, sample))})
+    sizes = [(img.height, img.width) for img in first.select_columns([image_col])[index][image_col]]
+    return num_classes, 1 if _pixel_mode(first, image_col) == "L" else 3, sizes
+
+
 def _import_datasets():
     try:
         import datasets

@@ -29,6 +29,7 @@ from vitlab.config import RunConfig
 from vitlab.experiments.keys import RUNTIME_KEYS, flatten, format_value
 from vitlab.experiments.spec import SweepSpec, Trial
 from vitlab.experiments.summary import RunResult, load_run, write_results
+from vitlab.flags import parse_train_flags
 from vitlab.training.checkpoint import RESUME_FILE, atomic_write_text
 from vitlab.training.trainer import CONFIG_FILE, METRICS_FILE
 
@@ -87,11 +88,12 @@ def plan_sweep(spec: SweepSpec, out: str | Path) -> list[PlannedTrial]:
 
 def resolve_trial(base_file: Path, trial: Trial) -> tuple[str, RunConfig]:
     """The preset and configuration ``vitlab train --config BASE_FILE FLAGS...`` would train."""
-    from vitlab.cli import parse_train_flags
-
     argv = ["--config", str(base_file), *trial.flags()]
     try:
-        args, config = parse_train_flags(argv, strict=True)  # raise, so the error can name the trial
+        try:  # raise, so the error can name the trial
+            args, config = parse_train_flags(argv, strict=True)
+        except FileNotFoundError:  # data not reachable now: plan without it; the trial reports it when it runs
+            args, config = parse_train_flags(argv, strict=True, facts=False)
         return args.preset, config
     except (ArgumentError, ValueError, TypeError) as exc:  # the parser's, or the model config's (patch does not divide)
         message = " ".join(str(exc).split())

@@ -10,6 +10,7 @@ or ``torch.load(weights_only=True)``; a pickle that needs more is refused.
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import pickle
@@ -141,7 +142,7 @@ def find_weights_file(weights: PretrainedWeights, download: bool = True) -> Path
         source = f"huggingface.co/{weights.hf_repo}" if weights.hf_repo else weights.url
         raise WeightsError(
             f"could not download {weights.name} from {source} ({type(exc).__name__}: {str(exc).splitlines()[0]}). "
-            f"Without internet: fetch the file on another machine and pass it (--pretrained_file FILE, or "
+            f"Without internet: fetch the file on another machine and pass it (--finetune.pretrained_file FILE, or "
             f"load_pretrained(..., file=FILE)), or put it at {where} as {weights.file_name}"
         ) from exc
     raise WeightsError(f"registry entry {weights.name} names no URL or Hugging Face repo; pass the file")
@@ -163,6 +164,27 @@ def _default_preprocessing(source_format: str, size: tuple[int, int]) -> Preproc
                              mean=INCEPTION_MEAN, std=INCEPTION_STD)
     return Preprocessing(crop_size=size, resize_size=round(min(size) / 0.875), interpolation="bicubic",
                          mean=IMAGENET_MEAN, std=IMAGENET_STD)
+
+
+def _resized(cfg: ViTConfig, preprocessing: Preprocessing, img_size) -> tuple[ViTConfig, Preprocessing]:
+    """The architecture and preprocessing at another input size (same crop fraction)."""
+    new = replace(cfg, img_size=img_size)
+    scale = preprocessing.crop_pct
+    return new, replace(preprocessing, crop_size=new.img_size, resize_size=round(min(new.img_size) / scale))
+
+
+def pretrained_config(source: str | Path, *, file: str | Path | None = None, img_size: int | tuple[int, int] | None = None,
+                      **config_overrides: Any) -> tuple[ViTConfig, Preprocessing]:
+    """The architecture and preprocessing :func:`load_pretrained` gives for the same arguments (before a new head);
+    a registry entry's are read from the registry, without its file."""
+    entry = registry_entry_for(str(source))
+    if entry is not None and file is None and not Path(source).is_file():
+        cfg, preprocessing = replace(entry.config), entry.preprocessing
+        if img_size is not None:
+            cfg, preprocessing = _resized(cfg, preprocessing, img_size)
+        return replace(cfg, **config_overrides), preprocessing
+    _, info = load_pretrained(source, file=file, img_size=img_size, **config_overrides)
+    return info.config, info.preprocessing
 
 
 def load_pretrained(
@@ -193,7 +215,10 @@ def load_pretrained(
     elif entry is not None:
         path = find_weights_file(entry, download=download)
     else:
-        raise WeightsError(f"{source!r} is neither a registry name nor an existing file; known names: {sorted(WEIGHTS)}")
+        close = difflib.get_close_matches(source, [*WEIGHTS, *WEIGHT_ALIASES], n=3, cutoff=0.5)
+        hint = f"did you mean {' or '.join(close)}? " if close else ""
+        raise WeightsError(f"{source!r} is neither a registry name nor an existing file; {hint}known names: {sorted(WEIGHTS)} "
+                           f"(short: {sorted(WEIGHT_ALIASES)}; `vitlab weights` lists them)")
 
     tensors, metadata = read_weights_file(path)
     vitlab_info = None
@@ -235,14 +260,12 @@ def load_pretrained(
         state["pos_embed"] = torch.cat([torch.zeros_like(state["pos_embed"][:, :1]), state["pos_embed"]], dim=1)
     # position table for another image size
     if img_size is not None:
-        new = ViTConfig(**{**cfg.to_dict(), "img_size": img_size})
+        new, preprocessing = _resized(cfg, preprocessing, img_size)
         if new.grid_size != cfg.grid_size and "pos_embed" in state:
             prefix = 1 if cfg.class_token else 0
             state["pos_embed"] = resample_pos_embed(state["pos_embed"], new.grid_size, cfg.grid_size, prefix)
             changes.append(f"position embedding resampled (bicubic) from a {cfg.grid_size[0]}x{cfg.grid_size[1]} "
                            f"to a {new.grid_size[0]}x{new.grid_size[1]} patch grid")
-        scale = preprocessing.crop_pct
-        preprocessing = replace(preprocessing, crop_size=new.img_size, resize_size=round(min(new.img_size) / scale))
         cfg = new
     cfg = replace(cfg, **config_overrides)
 

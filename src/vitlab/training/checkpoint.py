@@ -34,7 +34,7 @@ class CheckpointError(ValueError):
 def versions() -> dict[str, str]:
     import torchvision
 
-    from vitlab import __version__
+    from vitlab._version import __version__
 
     return {"vitlab": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
             "python": platform.python_version()}

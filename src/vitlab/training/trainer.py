@@ -8,11 +8,11 @@ saved after epoch k therefore continues exactly as the uninterrupted run would (
 from __future__ import annotations
 
 import contextlib
-import copy
-import itertools
 import json
+import os
+import shutil
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,17 +24,23 @@ from tqdm.auto import tqdm
 from vitlab.baselines import build_model, model_flops
 from vitlab.config import FinetuneConfig, RunConfig, TrainConfig
 from vitlab.data import ImageData, ImageSplit, Preprocess, iterate_batches, load_data, num_batches
+from vitlab.device import autocast_context, resolve_device
 from vitlab.model import ViT
+from vitlab.resolve import ConfigError, resolve_config, resumed_config, with_planned_epochs
 from vitlab.training.budget import WARM_STEPS, epoch_seconds, planned_epochs
 from vitlab.training.checkpoint import (
+    RESUME_FILE,
     atomic_write_text,
     load_resume_state,
     save_checkpoint,
     save_resume_state,
 )
-from vitlab.training.distributed import local_batch_size, setup_distributed
+from vitlab.training.distributed import Distributed, local_batch_size, setup_distributed
 from vitlab.training.ema import weight_ema
+from vitlab.training.evaluation import evaluate
 from vitlab.training.optim import build_optimizer, build_scheduler
+
+__all__ = ["CONFIG_FILE", "METRICS_FILE", "RunExistsError", "TrainResult", "evaluate", "read_run_config", "train"]
 
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
@@ -42,19 +48,6 @@ METRICS_FILE = "metrics.jsonl"
 
 class RunExistsError(FileExistsError):
     """The run directory already holds a run."""
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def autocast_context(device: torch.device, precision: str):
-    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
-    if use_bf16:
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -66,44 +59,6 @@ def preprocessing_info(data: ImageData, cfg: RunConfig) -> dict[str, Any]:
     return {"mean": list(data.mean), "std": list(data.std), "image_size": list(cfg.model.img_size),
             "in_chans": cfg.model.in_chans, "interpolation": cfg.data.interpolation, "crop_pct": cfg.data.crop_pct,
             "dataset": data.name}
-
-
-@torch.no_grad()
-def evaluate(model: ViT, split: ImageSplit, preprocess: Preprocess, batch_size: int, device: torch.device,
-             precision: str = "auto", num_classes: int | None = None, progress: bool = False,
-             flip_tta: bool = False) -> dict[str, Any]:
-    """Loss, accuracy, the confusion matrix (rows: true class, columns: predicted), and each image's
-    prediction and its probability (``predicted``, ``confidence``, in split order).
-
-    ``flip_tta`` (test-time augmentation) classifies each image and its mirror image and averages
-    the two probability vectors; only meaningful for a model trained with horizontal flips.
-    """
-    model.eval()
-    num_classes = num_classes or model.num_classes
-    confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
-    total_loss, seen, predicted, confidence = 0.0, 0, [], []
-    batches = iterate_batches(split, batch_size)
-    for images, labels in tqdm(batches, total=num_batches(split, batch_size), desc="eval", leave=False,
-                               disable=not progress):
-        x = preprocess(images.to(device, non_blocking=True))
-        with autocast_context(device, precision):
-            logits = model(x)
-            if flip_tta:
-                mirrored = model(x.flip(-1))
-        logits, labels = logits.float().cpu(), labels.cpu()
-        if flip_tta:  # log of the mean probability: the loss and the prediction of the averaged model
-            mean_probs = (logits.softmax(1) + mirrored.float().cpu().softmax(1)) / 2
-            logits = mean_probs.clamp_min(torch.finfo(mean_probs.dtype).tiny).log()
-        total_loss += F.cross_entropy(logits, labels, reduction="sum").item()
-        seen += len(labels)
-        probs, guess = logits.softmax(1).max(1)
-        predicted.append(guess)
-        confidence.append(probs)
-        confusion += torch.bincount(labels * num_classes + guess, minlength=num_classes**2).view(num_classes, num_classes)
-    correct = confusion.diag().sum().item()
-    return {"loss": total_loss / max(1, seen), "acc": correct / max(1, seen), "confusion": confusion,
-            "predicted": torch.cat(predicted) if predicted else torch.zeros(0, dtype=torch.long),
-            "confidence": torch.cat(confidence) if confidence else torch.zeros(0)}
 
 
 @dataclass
@@ -139,25 +94,97 @@ def write_run_config(run_dir: Path, cfg: RunConfig) -> None:
 
 
 def read_run_config(run_dir: Path) -> RunConfig:
-    return RunConfig.from_dict(yaml.safe_load((Path(run_dir) / CONFIG_FILE).read_text()))
+    return resumed_config(yaml.safe_load((Path(run_dir) / CONFIG_FILE).read_text()) or {}, str(Path(run_dir) / CONFIG_FILE))
 
 
-def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: bool = True,
-          stop_after_epoch: int | None = None, data: ImageData | None = None) -> TrainResult:
-    """Train ``cfg`` into ``run_dir`` (or continue it with ``resume=True``).
+def train(cfg: RunConfig | None, run_dir: str | Path, resume: bool = False, progress: bool = True,
+          stop_after_epoch: int | None = None, data: ImageData | None = None, epochs: int | None = None) -> TrainResult:
+    """Train ``cfg`` into ``run_dir`` (or continue it with ``resume=True``; ``epochs`` then trains a finished
+    run longer, the cosine schedule re-planned over the new total from the step it reached).
 
-    ``stop_after_epoch`` ends the session early, as a kill after that epoch would. Started by
-    torchrun, every process runs this with its share of each batch (see
-    :mod:`vitlab.training.distributed`); rank 0 alone writes the run directory and prints.
+    ``cfg`` goes through :func:`vitlab.resolve.resolve_config` first (the head follows the data; every
+    value is checked before anything is written). ``stop_after_epoch`` ends the session early, as a kill
+    after that epoch would. Started by torchrun, every process runs this with its share of each batch
+    (see :mod:`vitlab.training.distributed`); rank 0 alone writes the run directory and prints.
     """
     called = time.perf_counter()  # a time budget counts from here: loading the data is part of the run
     run_dir = Path(run_dir)
-    cfg = read_run_config(run_dir) if resume else copy.deepcopy(cfg)  # never change the caller's config
+    cfg = resumed_run_config(run_dir, epochs) if resume else resolve_config(cfg)
+    new_dir = not resume and not (run_dir.is_dir() and any(run_dir.iterdir()))
+    run = None
+    try:
+        run = start_run(cfg, run_dir, resume, data, progress)
+        val = None
+        plan_budget = cfg.train.time_budget_s is not None and run.start_epoch == 0  # a resumed run keeps its plan
+        epoch = run.start_epoch
+        while epoch < run.cfg.train.epochs and (stop_after_epoch is None or epoch < stop_after_epoch):
+            stats = train_epoch(run, epoch, time_steps=plan_budget)
+            val = validate(run)
+            if plan_budget:
+                plan_epochs(run, stats, called)
+                plan_budget = False
+            save_epoch(run, epoch_record(run, epoch, stats, val))
+            epoch += 1
+    except BaseException:
+        if new_dir and (run is None or not run.history) and int(os.environ.get("RANK", "0")) == 0:
+            discard_unstarted_run(run_dir)  # nothing was trained: leave nothing behind
+        raise
+    finish_run(run, val)
+    return TrainResult(run_dir, run.history, run.best_acc)
+
+
+@dataclass
+class Run:
+    """One training session: the frozen configuration and everything built from it."""
+
+    cfg: RunConfig
+    run_dir: Path
+    ctx: Distributed
+    device: torch.device
+    data: ImageData
+    model: torch.nn.Module  # the network whose weights train
+    step_model: torch.nn.Module  # what one step runs: the model, or its head on cached features
+    eval_model: torch.nn.Module  # what is validated: the model or the moving average of its weights (or their heads)
+    saved_model: torch.nn.Module  # what the checkpoints hold
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    ema: Any
+    train_split: ImageSplit
+    val_split: ImageSplit
+    preprocess: Any
+    eval_preprocess: Any
+    steps_per_epoch: int
+    info: dict[str, Any]
+    progress: bool
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_acc: float = -1.0
+    start_epoch: int = 0
+    started: float = 0.0
+    board: Any = None
+    compiled: torch.nn.Module | None = None
+    ddp: tuple[torch.nn.Module, bool] | None = None  # the DDP wrapper and the trainable set it was made for
+
+
+def resumed_run_config(run_dir: Path, epochs: int | None) -> RunConfig:
+    """The configuration a run directory was started with, checked; ``epochs``: train it that long in all."""
+    config_file = run_dir / CONFIG_FILE
+    if not config_file.exists():
+        raise FileNotFoundError(f"cannot resume: {run_dir} holds no {CONFIG_FILE}; is it a vitlab run directory?")
+    cfg = resumed_config(yaml.safe_load(config_file.read_text()) or {}, str(config_file))
+    if epochs is None or epochs == cfg.train.epochs:
+        return cfg
+    done = len(read_metrics(run_dir))
+    if epochs <= done:
+        raise ConfigError(f"--train.epochs {epochs}: {run_dir} has already trained {done} epochs; give a larger number "
+                          "to train it longer")
+    return with_planned_epochs(cfg, epochs)
+
+
+def start_run(cfg: RunConfig, run_dir: Path, resume: bool, data: ImageData | None, progress: bool) -> Run:
+    """Everything a session needs, in order: processes and device, the data, the run directory, the model, the
+    optimiser and schedule, the saved state of a resumed run, and (linear probe) the features."""
     tc, ft = cfg.train, cfg.finetune
-    if tc.time_budget_s is not None and tc.time_budget_s <= 0:
-        raise ValueError(f"--train.time_budget_s must be a positive number of seconds, got {tc.time_budget_s}")
-    if ft is not None and cfg.arch != "vit":
-        raise ValueError(f"fine-tuning starts from pretrained ViT weights; it cannot train --arch {cfg.arch}")
+    state = resume_state(run_dir) if resume else None  # refuses before anything is written
     if tc.threads:
         torch.set_num_threads(tc.threads)
     ctx = setup_distributed(tc.device)
@@ -165,201 +192,297 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
         "auto", "cuda") else resolve_device(tc.device)
     progress = progress and ctx.is_main
     local_batch_size(tc.batch_size, ctx)  # the global batch must split evenly
-    model, notes = None, {}
-    if ft is not None and not resume:  # the architecture and preprocessing come from the weights
-        model, notes = start_from_pretrained(cfg)
+    model, notes = build_run_model(cfg, fresh=state is None)  # fine-tuning: the weights are read first
     data = data or load_data(cfg.data, image_size=cfg.model.img_size, seed=tc.seed, progress=progress)
-    cfg.model.num_classes = data.num_classes  # the head always matches the data
-    if model is not None:
-        notes["head"] = f"new zero-initialised head for {data.num_classes} classes"
-        model.reset_classifier(data.num_classes)
+    if data.num_classes != cfg.model.num_classes:
+        raise ConfigError(f"{data.name} has {data.num_classes} classes but the model's head has {cfg.model.num_classes} "
+                          f"(model.num_classes in {run_dir / CONFIG_FILE if resume else 'the configuration'})")
     if ctx.is_main:
         prepare_run_dir(run_dir, cfg, resume)
     ctx.barrier()
-
-    if model is None:
-        torch.manual_seed(tc.seed)
-        model = build_model(cfg.model, cfg.arch)
     model = model.to(device)
     optimizer = build_optimizer(model, tc, ft)
     ema = weight_ema(model, tc.ema_decay) if tc.ema_decay else None
     steps_per_epoch = num_batches(data.train, tc.batch_size, ctx.world_size)
-    scheduler = build_scheduler(optimizer, tc, steps_per_epoch, ft)
     preprocess = Preprocess(data.mean, data.std, cfg.model.in_chans, cfg.model.img_size, cfg.data.augment,
                             resize_mode=cfg.data.interpolation, erase_prob=cfg.data.random_erasing)
     eval_preprocess = Preprocess(data.mean, data.std, cfg.model.in_chans, cfg.model.img_size,
                                  resize_mode=cfg.data.interpolation)
-
-    history: list[dict[str, Any]] = []
-    best_acc, start_epoch = -1.0, 0
-    state = load_resume_state(run_dir) if resume else None
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        history, best_acc, start_epoch = state["history"], state["best_val_acc"], state["epoch"]
-        if ema is not None:
-            if "ema" not in state:
-                raise ValueError(f"cannot resume {run_dir} with --train.ema_decay: its saved state has no weight average")
-            ema.load_state_dict(state["ema"])
-    if ctx.is_main:
-        _write_metrics(run_dir, history)  # drops any line written after the saved state
-
-    flops = model_flops(model)
-    info = {"classes": data.classes, "params": model.num_params(), "flops": flops,
-            "preprocessing": preprocessing_info(data, cfg),
-            "run_config": cfg.to_dict(), "data_notes": {**data.notes, **notes}}
-    if progress:
-        where = f"resuming after epoch {start_epoch}" if start_epoch else "new run"
-        source = f" | from {ft.pretrained} ({ft.mode})" if ft is not None else ""
-        tqdm.write(f"vitlab: {where} in {run_dir} | {data.name}: {len(data.train)} train / {len(data.val)} val "
-                   f"images, {data.num_classes} classes | model {model.num_params():,} params, "
-                   f"{flops / 1e6:.1f} MFLOPs/image | device {device}{source}")
-        for note in notes.values():
-            tqdm.write(f"  {note}")
-
-    # What one step trains: the whole model on images, or (linear probe, features cached) the head on features.
-    # What is validated and saved: the model, or the moving average of its weights.
-    step_model, train_split, val_split = model, data.train, data.val
     saved_model = ema.module if ema is not None else model
-    eval_model = saved_model
+    info = {"classes": data.classes, "params": model.num_params(), "flops": model_flops(model),
+            "preprocessing": preprocessing_info(data, cfg), "run_config": cfg.to_dict(), "data_notes": {**data.notes, **notes}}
+    run = Run(cfg, run_dir, ctx, device, data, model, model, saved_model, saved_model, optimizer, None, ema, data.train,
+              data.val, preprocess, eval_preprocess, steps_per_epoch, info, progress)
     if uses_feature_cache(cfg):
-        train_split = extract_features(model, data.train, eval_preprocess, tc, device, progress, "train")
-        val_split = extract_features(model, data.val, eval_preprocess, tc, device, progress, "val")
-        step_model, eval_model = model.head, saved_model.head
-        preprocess = eval_preprocess = _features_as_input
-        steps_per_epoch = num_batches(train_split, tc.batch_size, ctx.world_size)
+        use_cached_features(run)
+    run.scheduler = build_scheduler(optimizer, tc, run.steps_per_epoch, ft)
+    if state is not None:
+        restore_state(run, state)
+    if ctx.is_main:
+        _write_metrics(run_dir, run.history)  # drops any line written after the saved state
+    run.started = time.perf_counter() - (run.history[-1]["elapsed_s"] if run.history else 0.0)
+    run.board = tensorboard_writer(run_dir) if tc.tensorboard and ctx.is_main else None
+    run.compiled = torch.compile(run.step_model) if tc.compile and not ctx.enabled else None
+    if progress:
+        announce(run, notes)
+    return run
 
-    started = time.perf_counter() - (history[-1]["elapsed_s"] if history else 0.0)
-    val = None
-    board = tensorboard_writer(run_dir) if tc.tensorboard and ctx.is_main else None
-    compiled = torch.compile(step_model) if tc.compile and not ctx.enabled else None
-    ddp_runner, ddp_frozen = None, None
-    plan_epochs = tc.time_budget_s is not None and start_epoch == 0  # a resumed run keeps its plan (config.yaml)
-    for epoch in itertools.count(start_epoch):  # not range(): a time budget sets tc.epochs after the first epoch
-        if epoch >= tc.epochs or (stop_after_epoch is not None and epoch >= stop_after_epoch):
-            break
-        seed = epoch_seed(tc.seed, epoch)
-        torch.manual_seed(seed + 7919 * ctx.rank)  # dropout and drop path (own masks per process)
-        order = torch.Generator().manual_seed(seed)  # the same global order in every process
-        augment_rng = torch.Generator().manual_seed(seed + 1 + 7919 * ctx.rank)
-        frozen = backbone_frozen(ft, epoch)
-        set_backbone_trainable(model, not frozen)
-        model.train(not frozen)  # a frozen backbone runs as at inference: no dropout, no drop path
-        runner = compiled if compiled is not None else step_model
-        if ctx.enabled:  # wrapped again only when staged fine-tuning changes what is trainable (and compiled once per wrap)
-            if ddp_frozen != frozen:
-                ddp_runner, ddp_frozen = _data_parallel(step_model, device, tc.compile), frozen
-            runner = ddp_runner
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device, dtype=torch.long)
-        seen, epoch_start, warm_at, steady_end = 0, time.perf_counter(), None, None
-        bar = tqdm(iterate_batches(train_split, tc.batch_size, shuffle=True, generator=order,
-                                   num_workers=cfg.data.num_workers, shard=(ctx.rank, ctx.world_size)),
-                   total=steps_per_epoch, desc=f"epoch {epoch + 1}/{tc.epochs}", leave=False, disable=not progress,
-                   dynamic_ncols=True)
-        for step, (images, labels) in enumerate(bar):
-            x = preprocess(images.to(device, non_blocking=True), train=True, generator=augment_rng)
-            y = labels.to(device, non_blocking=True)
-            with autocast_context(device, tc.precision):
-                logits = runner(x)
-                loss = F.cross_entropy(logits.float(), y, label_smoothing=tc.label_smoothing)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"loss became {loss.item()} at epoch {epoch + 1}, step {step}; lower --train.lr "
-                    f"(now {tc.lr}) or enable --train.grad_clip"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if tc.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            if ema is not None:
-                ema.update_parameters(model)
-            loss_sum += loss.detach() * len(y)
-            correct += (logits.argmax(1) == y).sum()
-            seen += len(y)
-            if plan_epochs and step + 1 == WARM_STEPS:
-                warm_at = _synchronized_time(device)
-            if plan_epochs and warm_at is not None and step + 2 == steps_per_epoch:  # the last batch is not timed:
-                steady_end = _synchronized_time(device)  # a smaller one makes a compiled model compile again
-            if progress and (step % 20 == 0 or step == steps_per_epoch - 1):
-                rate = seen / max(1e-9, time.perf_counter() - epoch_start)
-                bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", acc=f"{correct.item() / seen:.4f}",
-                                lr=f"{max(g['lr'] for g in optimizer.param_groups):.2e}", img_s=f"{rate:.0f}")
-        bar.close()
-        train_end = _synchronized_time(device) if plan_epochs else time.perf_counter()
-        train_time = train_end - epoch_start
-        if ctx.enabled:  # the epoch's numbers over all processes
-            loss_sum, correct, seen_all = ctx.all_sum(loss_sum, correct, torch.tensor(float(seen)))
-            seen = int(seen_all.item())
-        val = evaluate(eval_model, val_split, eval_preprocess, tc.eval_batch_size, device, tc.precision, data.num_classes)
-        if plan_epochs:  # the first epoch is done: as many more as fit in the budget, the schedule over them all
-            plan_epochs = False
-            timed = steps_per_epoch - 1 - WARM_STEPS if steady_end is not None else 0
-            timed_s = steady_end - warm_at if timed > 0 else 0.0
-            epoch_s = epoch_seconds(steps_per_epoch, timed, timed_s, train_time, time.perf_counter() - train_end)
-            elapsed_s = time.perf_counter() - called
-            if ctx.enabled:  # every process must plan the same number
-                epoch_s, elapsed_s = (v.item() / ctx.world_size for v in ctx.all_sum(torch.tensor(epoch_s),
+
+def resume_state(run_dir: Path) -> dict[str, Any] | None:
+    """The saved training state; a run that finished epochs but lost it is refused (starting over would
+    replace its checkpoints and metrics), one that never finished an epoch starts from the beginning."""
+    state = load_resume_state(run_dir)
+    done = len(read_metrics(run_dir))
+    if state is None and (done or (run_dir / "best.safetensors").exists()):
+        raise ConfigError(f"cannot resume {run_dir}: it holds {done} finished epochs but not the training state "
+                          f"({RESUME_FILE}) needed to continue them, and starting over would replace its checkpoints and "
+                          f"metrics; start a new run (another --run_dir), or fine-tune from {run_dir / 'best.safetensors'}")
+    return state
+
+
+def build_run_model(cfg: RunConfig, fresh: bool) -> tuple[torch.nn.Module, dict[str, str]]:
+    """A new model: the pretrained weights with a new head (fine-tuning), else seeded random weights.
+    ``fresh=False`` (resuming): random weights of the right shape, to be overwritten by the saved state."""
+    ft = cfg.finetune
+    if ft is None or not fresh:
+        torch.manual_seed(cfg.train.seed)
+        return build_model(cfg.model, cfg.arch), {}
+    from vitlab.pretrained import load_pretrained
+
+    model, pinfo = load_pretrained(ft.pretrained, file=ft.pretrained_file, img_size=ft.img_size,
+                                   drop_path_rate=ft.drop_path_rate)
+    model.reset_classifier(cfg.model.num_classes)
+    if model.cfg != cfg.model:
+        raise ConfigError(f"the weights {ft.pretrained} describe another architecture than the resolved configuration "
+                          f"({model.cfg} vs {cfg.model}); were they replaced while the run started?")
+    notes = {"pretrained": f"weights {pinfo.name} ({pinfo.source_format} layout) from {pinfo.file}"}
+    notes.update({f"change_{i}": change for i, change in enumerate(pinfo.changes)})
+    notes["head"] = f"new zero-initialised head for {cfg.model.num_classes} classes"
+    return model, notes
+
+
+def use_cached_features(run: Run) -> None:
+    """Linear probe without augmentation: the frozen backbone sees each image once; steps train the head on features."""
+    tc = run.cfg.train
+    run.train_split = extract_features(run.model, run.data.train, run.eval_preprocess, tc, run.device, run.progress, "train")
+    run.val_split = extract_features(run.model, run.data.val, run.eval_preprocess, tc, run.device, run.progress, "val")
+    run.step_model, run.eval_model = run.model.head, run.saved_model.head
+    run.preprocess = run.eval_preprocess = _features_as_input
+    run.steps_per_epoch = num_batches(run.train_split, tc.batch_size, run.ctx.world_size)
+
+
+def restore_state(run: Run, state: dict[str, Any]) -> None:
+    """Continue from ``resume.pt``: weights, optimiser, schedule (re-planned when the run now has more epochs), history."""
+    run.model.load_state_dict(state["model"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    run.history, run.best_acc, run.start_epoch = state["history"], state["best_val_acc"], state["epoch"]
+    saved_epochs = state.get("planned_epochs")
+    if saved_epochs is not None and saved_epochs != run.cfg.train.epochs:  # trained longer: the cosine over the new total
+        run.scheduler = build_scheduler(run.optimizer, run.cfg.train, run.steps_per_epoch, run.cfg.finetune,
+                                        steps_done=run.scheduler.last_epoch)
+        if run.ctx.is_main:
+            write_run_config(run.run_dir, run.cfg)
+    if run.ema is not None:
+        if "ema" not in state:
+            raise ValueError(f"cannot resume {run.run_dir} with --train.ema_decay: its saved state has no weight average")
+        run.ema.load_state_dict(state["ema"])
+
+
+def announce(run: Run, notes: dict[str, str]) -> None:
+    ft, data = run.cfg.finetune, run.data
+    where = f"resuming after epoch {run.start_epoch}" if run.start_epoch else "new run"
+    source = f" | from {ft.pretrained} ({ft.mode})" if ft is not None else ""
+    tqdm.write(f"vitlab: {where} in {run.run_dir} | {data.name}: {len(data.train)} train / {len(data.val)} val "
+               f"images, {data.num_classes} classes | model {run.model.num_params():,} params, "
+               f"{run.info['flops'] / 1e6:.1f} MFLOPs/image | device {run.device}{source}")
+    for note in notes.values():
+        tqdm.write(f"  {note}")
+
+
+@dataclass
+class EpochStats:
+    loss_sum: torch.Tensor
+    correct: torch.Tensor
+    seen: int
+    started: float
+    train_s: float
+    train_end: float
+    warm_at: float | None  # the time budget's timing: after the first WARM_STEPS steps ...
+    steady_end: float | None  # ... and before the last, smaller batch
+
+
+def train_epoch(run: Run, epoch: int, time_steps: bool) -> EpochStats:
+    """One pass over the training split; ``time_steps``: record the steady rate a time budget plans with."""
+    tc, ctx, device = run.cfg.train, run.ctx, run.device
+    seed = epoch_seed(tc.seed, epoch)
+    torch.manual_seed(seed + 7919 * ctx.rank)  # dropout and drop path (own masks per process)
+    order = torch.Generator().manual_seed(seed)  # the same global order in every process
+    augment_rng = torch.Generator().manual_seed(seed + 1 + 7919 * ctx.rank)
+    runner = step_runner(run, epoch)
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    seen, epoch_start, warm_at, steady_end = 0, time.perf_counter(), None, None
+    bar = tqdm(iterate_batches(run.train_split, tc.batch_size, shuffle=True, generator=order,
+                               num_workers=run.cfg.data.num_workers, shard=(ctx.rank, ctx.world_size)),
+               total=run.steps_per_epoch, desc=f"epoch {epoch + 1}/{tc.epochs}", leave=False, disable=not run.progress,
+               dynamic_ncols=True)
+    for step, (images, labels) in enumerate(bar):
+        x = run.preprocess(images.to(device, non_blocking=True), train=True, generator=augment_rng)
+        y = labels.to(device, non_blocking=True)
+        logits, loss = train_step(run, runner, x, y, epoch, step)
+        loss_sum += loss.detach() * len(y)
+        correct += (logits.argmax(1) == y).sum()
+        seen += len(y)
+        if time_steps and step + 1 == WARM_STEPS:
+            warm_at = _synchronized_time(device)
+        if time_steps and warm_at is not None and step + 2 == run.steps_per_epoch:  # the last batch is not timed:
+            steady_end = _synchronized_time(device)  # a smaller one makes a compiled model compile again
+        if run.progress and (step % 20 == 0 or step == run.steps_per_epoch - 1):
+            rate = seen / max(1e-9, time.perf_counter() - epoch_start)
+            bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", acc=f"{correct.item() / seen:.4f}",
+                            lr=f"{max(g['lr'] for g in run.optimizer.param_groups):.2e}", img_s=f"{rate:.0f}")
+    bar.close()
+    train_end = _synchronized_time(device) if time_steps else time.perf_counter()
+    if ctx.enabled:  # the epoch's numbers over all processes
+        loss_sum, correct, seen_all = ctx.all_sum(loss_sum, correct, torch.tensor(float(seen)))
+        seen = int(seen_all.item())
+    return EpochStats(loss_sum, correct, seen, epoch_start, train_end - epoch_start, train_end, warm_at, steady_end)
+
+
+def step_runner(run: Run, epoch: int) -> torch.nn.Module:
+    """What runs this epoch's steps: freezes or unfreezes the backbone (staged fine-tuning), and wraps the step
+    model for DDP again only when what is trainable changed (compiled once per wrap)."""
+    frozen = backbone_frozen(run.cfg.finetune, epoch)
+    set_backbone_trainable(run.model, not frozen)
+    run.model.train(not frozen)  # a frozen backbone runs as at inference: no dropout, no drop path
+    if not run.ctx.enabled:
+        return run.compiled if run.compiled is not None else run.step_model
+    if run.ddp is None or run.ddp[1] != frozen:
+        run.ddp = (_data_parallel(run.step_model, run.device, run.cfg.train.compile), frozen)
+    return run.ddp[0]
+
+
+def train_step(run: Run, runner: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, epoch: int,
+               step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward, loss, backward, clipping, optimiser and schedule step, weight average: (logits, loss)."""
+    tc = run.cfg.train
+    with autocast_context(run.device, tc.precision):
+        logits = runner(x)
+        loss = F.cross_entropy(logits.float(), y, label_smoothing=tc.label_smoothing)
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch + 1}, step {step}; lower --train.lr "
+                                 f"(now {tc.lr}) or enable --train.grad_clip")
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if tc.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(run.model.parameters(), tc.grad_clip)
+    run.optimizer.step()
+    run.scheduler.step()
+    if run.ema is not None:
+        run.ema.update_parameters(run.model)
+    return logits, loss
+
+
+def validate(run: Run) -> dict[str, Any]:
+    tc = run.cfg.train
+    return evaluate(run.eval_model, run.val_split, run.eval_preprocess, tc.eval_batch_size, run.device, tc.precision,
+                    run.data.num_classes)
+
+
+def plan_epochs(run: Run, stats: EpochStats, called: float) -> None:
+    """After the first epoch of a time-budgeted run: as many epochs as fit, decided by the resolver, the
+    schedule over them all, the plan written to config.yaml."""
+    timed = run.steps_per_epoch - 1 - WARM_STEPS if stats.steady_end is not None else 0
+    timed_s = stats.steady_end - stats.warm_at if timed > 0 else 0.0
+    epoch_s = epoch_seconds(run.steps_per_epoch, timed, timed_s, stats.train_s, time.perf_counter() - stats.train_end)
+    elapsed_s = time.perf_counter() - called
+    if run.ctx.enabled:  # every process must plan the same number
+        epoch_s, elapsed_s = (v.item() / run.ctx.world_size for v in run.ctx.all_sum(torch.tensor(epoch_s),
                                                                                     torch.tensor(elapsed_s)))
-            tc.epochs = planned_epochs(tc.time_budget_s, elapsed_s, epoch_s, done_epochs=epoch + 1)
-            scheduler = build_scheduler(optimizer, tc, steps_per_epoch, ft, steps_done=scheduler.last_epoch)
-            info["run_config"] = cfg.to_dict()
-            if ctx.is_main:
-                write_run_config(run_dir, cfg)
-            if progress:
-                tqdm.write(f"time budget {tc.time_budget_s:.0f} s: {elapsed_s:.0f} s used, {epoch_s:.1f} s per epoch "
-                           f"from now on -> {tc.epochs} epochs in all")
-        record = {
-            "epoch": epoch + 1, "train_loss": loss_sum.item() / seen, "train_acc": correct.item() / seen,
-            "val_loss": val["loss"], "val_acc": val["acc"], "lr": max(g["lr"] for g in optimizer.param_groups),
-            "train_images_per_s": seen / train_time, "epoch_s": time.perf_counter() - epoch_start,
-            "elapsed_s": time.perf_counter() - started,
-        }
-        history.append(record)
-        is_best = record["val_acc"] > best_acc
-        best_acc = max(best_acc, record["val_acc"])
-        if not ctx.is_main:
-            continue  # rank 0 alone writes the run directory
-        ckpt_info = {**info, "epoch": epoch + 1, "metrics": record}
-        save_checkpoint(run_dir / "last.safetensors", saved_model, ckpt_info)
-        if is_best:
-            save_checkpoint(run_dir / "best.safetensors", saved_model, ckpt_info)
-        resume_state = {
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "epoch": epoch + 1, "history": history, "best_val_acc": best_acc,
-        }
-        if ema is not None:
-            resume_state["ema"] = ema.state_dict()
-        save_resume_state(run_dir, resume_state)
-        _write_metrics(run_dir, history)
-        if board is not None:
-            for key, value in record.items():
-                if key != "epoch":
-                    board.add_scalar(key, value, epoch + 1)
-            board.flush()
-        if progress:
-            tqdm.write(
-                f"epoch {epoch + 1:>3}/{tc.epochs} | train loss {record['train_loss']:.4f} acc "
-                f"{record['train_acc']:.4f} | val loss {record['val_loss']:.4f} acc {record['val_acc']:.4f}"
-                f"{' *' if is_best else '  '} | {record['train_images_per_s']:.0f} img/s | "
-                f"{record['epoch_s']:.1f}s (total {record['elapsed_s']:.0f}s)"
-            )
-    ctx.barrier()
-    if ctx.is_main and history and history[-1]["epoch"] == tc.epochs:  # finished: draw the run's pictures
+    tc = run.cfg.train
+    run.cfg = with_planned_epochs(run.cfg, planned_epochs(tc.time_budget_s, elapsed_s, epoch_s, done_epochs=1))
+    run.scheduler = build_scheduler(run.optimizer, run.cfg.train, run.steps_per_epoch, run.cfg.finetune,
+                                    steps_done=run.scheduler.last_epoch)
+    run.info["run_config"] = run.cfg.to_dict()
+    if run.ctx.is_main:
+        write_run_config(run.run_dir, run.cfg)
+    if run.progress:
+        tqdm.write(f"time budget {tc.time_budget_s:.0f} s: {elapsed_s:.0f} s used, {epoch_s:.1f} s per epoch "
+                   f"from now on -> {run.cfg.train.epochs} epochs in all")
+
+
+def epoch_record(run: Run, epoch: int, stats: EpochStats, val: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "epoch": epoch + 1, "train_loss": stats.loss_sum.item() / stats.seen, "train_acc": stats.correct.item() / stats.seen,
+        "val_loss": val["loss"], "val_acc": val["acc"], "lr": max(g["lr"] for g in run.optimizer.param_groups),
+        "train_images_per_s": stats.seen / stats.train_s, "epoch_s": time.perf_counter() - stats.started,
+        "elapsed_s": time.perf_counter() - run.started,
+    }
+
+
+def save_epoch(run: Run, record: dict[str, Any]) -> None:
+    """History and best accuracy; on rank 0 the checkpoints, the resume state, metrics.jsonl and TensorBoard."""
+    run.history.append(record)
+    is_best = record["val_acc"] > run.best_acc
+    run.best_acc = max(run.best_acc, record["val_acc"])
+    if not run.ctx.is_main:
+        return  # rank 0 alone writes the run directory
+    ckpt_info = {**run.info, "epoch": record["epoch"], "metrics": record}
+    save_checkpoint(run.run_dir / "last.safetensors", run.saved_model, ckpt_info)
+    if is_best:
+        save_checkpoint(run.run_dir / "best.safetensors", run.saved_model, ckpt_info)
+    state = {"model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
+             "scheduler": run.scheduler.state_dict(), "epoch": record["epoch"], "history": run.history,
+             "best_val_acc": run.best_acc, "planned_epochs": run.cfg.train.epochs}
+    if run.ema is not None:
+        state["ema"] = run.ema.state_dict()
+    save_resume_state(run.run_dir, state)
+    _write_metrics(run.run_dir, run.history)
+    if run.board is not None:
+        for key, value in record.items():
+            if key != "epoch":
+                run.board.add_scalar(key, value, record["epoch"])
+        run.board.flush()
+    if run.progress:
+        tqdm.write(
+            f"epoch {record['epoch']:>3}/{run.cfg.train.epochs} | train loss {record['train_loss']:.4f} acc "
+            f"{record['train_acc']:.4f} | val loss {record['val_loss']:.4f} acc {record['val_acc']:.4f}"
+            f"{' *' if is_best else '  '} | {record['train_images_per_s']:.0f} img/s | "
+            f"{record['epoch_s']:.1f}s (total {record['elapsed_s']:.0f}s)"
+        )
+
+
+def finish_run(run: Run, val: dict[str, Any] | None) -> None:
+    """A finished run draws its pictures; TensorBoard and the process group are closed."""
+    run.ctx.barrier()
+    if run.ctx.is_main and run.history and run.history[-1]["epoch"] == run.cfg.train.epochs:
         if val is None:  # resumed after the last epoch was saved
-            val = evaluate(eval_model, val_split, eval_preprocess, tc.eval_batch_size, device, tc.precision,
-                           data.num_classes)
+            val = validate(run)
         from vitlab.insight.run_figures import write_run_figures
 
-        write_run_figures(run_dir, history, data.classes, val, data.val, title=f"{data.name}: {run_dir.name}")
-    if board is not None:
-        board.close()
-    if ctx.enabled:
+        write_run_figures(run.run_dir, run.history, run.data.classes, val, run.data.val,
+                          title=f"{run.data.name}: {run.run_dir.name}")
+    if run.board is not None:
+        run.board.close()
+    if run.ctx.enabled:
         torch.distributed.destroy_process_group()
-    return TrainResult(run_dir, history, best_acc)
+
+
+def discard_unstarted_run(run_dir: Path) -> None:
+    """Remove what a run that never finished an epoch wrote (its config, an empty metrics file, TensorBoard)."""
+    if not run_dir.is_dir() or (run_dir / RESUME_FILE).exists() or list(run_dir.glob("*.safetensors")):
+        return
+    for name in (CONFIG_FILE, METRICS_FILE):
+        (run_dir / name).unlink(missing_ok=True)
+    shutil.rmtree(run_dir / "tensorboard", ignore_errors=True)
+    with contextlib.suppress(OSError):
+        run_dir.rmdir()  # only when nothing else is in it
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    path = Path(run_dir) / METRICS_FILE
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
 
 
 def _synchronized_time(device: torch.device) -> float:
@@ -377,23 +500,6 @@ def tensorboard_writer(run_dir: Path):
         raise ValueError("--train.tensorboard needs the tensorboard package: pip install \"vitlab[tensorboard]\" "
                          "(or leave --train.tensorboard off; metrics.jsonl and figures/ have the same numbers)") from exc
     return SummaryWriter(log_dir=str(run_dir / "tensorboard"))
-
-
-def start_from_pretrained(cfg: RunConfig) -> tuple[ViT, dict[str, str]]:
-    """Load ``cfg.finetune``'s weights; fill ``cfg.model`` and the data's preprocessing from them."""
-    from vitlab.pretrained import load_pretrained
-
-    ft = cfg.finetune
-    model, pinfo = load_pretrained(ft.pretrained, file=ft.pretrained_file, img_size=ft.img_size,
-                                   drop_path_rate=ft.drop_path_rate)
-    cfg.model = replace(model.cfg)
-    prep, data = pinfo.preprocessing, cfg.data
-    if data.mean is None and data.std is None:
-        data.mean, data.std = tuple(prep.mean), tuple(prep.std)
-    data.interpolation, data.crop_pct = prep.interpolation, round(prep.crop_pct, 4)
-    notes = {"pretrained": f"weights {pinfo.name} ({pinfo.source_format} layout) from {pinfo.file}"}
-    notes.update({f"change_{i}": change for i, change in enumerate(pinfo.changes)})
-    return model, notes
 
 
 def backbone_frozen(ft: FinetuneConfig | None, epoch: int) -> bool:

@@ -1,0 +1,98 @@
+"""What a data set decides about the model, read before any image is decoded: classes, channels, image size.
+
+:func:`vitlab.resolve.resolve_config` asks this before training, so the model's head, input
+channels and input size can follow the data unless the user set them. Image folders are read
+from the file headers of a sample of images (a few per class); ``hf:`` sources from their
+features and a sample of images; the built-in sets are known.
+"""
+
+from __future__ import annotations
+
+import itertools
+import statistics
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from vitlab.config import DataConfig
+from vitlab.data.datasets import (
+    DATASETS,
+    GRAYSCALE_MODES,
+    HF_PREFIX,
+    IMAGE_EXTENSIONS,
+    DataNotFoundError,
+    class_names,
+    folder_splits,
+)
+
+SAMPLE_PER_CLASS = 8
+SAMPLE_MAX = 96
+
+
+@dataclass(frozen=True)
+class DataFacts:
+    """What the data says; ``None`` where it cannot be known before loading."""
+
+    num_classes: int | None
+    channels: int | None
+    image_size: tuple[int, int] | None
+    """The images' typical (median) height and width."""
+    augment: str
+    """The augmentation that suits these images: digits for small grayscale, crop_flip for photos."""
+
+
+BUILTIN_FACTS = {
+    "mnist": DataFacts(10, 1, (28, 28), "digits"),
+    "fashion_mnist": DataFacts(10, 1, (28, 28), "flip"),
+    "cifar10": DataFacts(10, 3, (32, 32), "crop_flip"),
+    "cifar100": DataFacts(100, 3, (32, 32), "crop_flip"),
+}
+
+
+@lru_cache(maxsize=32)
+def probe_data(cfg: DataConfig) -> DataFacts:
+    """The facts of ``cfg``'s data set (cached per configuration)."""
+    name = cfg.dataset.lower().replace("-", "_")
+    if cfg.dataset.startswith(HF_PREFIX):
+        from vitlab.data.hf import probe_hf  # `datasets` is imported only for hf: sources
+
+        classes, channels, sizes = probe_hf(cfg)
+        return _facts(classes, channels, sizes)
+    if name in BUILTIN_FACTS:
+        return BUILTIN_FACTS[name]
+    if name != "imagefolder":
+        raise ValueError(f"unknown dataset {cfg.dataset!r}; choose one of {list(DATASETS)} (imagefolder needs --data.path) "
+                         "or hf:NAME (Hugging Face datasets)")
+    train_dir, _ = folder_splits(cfg)
+    classes = class_names(train_dir)
+    sizes, modes = _sample_headers(train_dir, classes)
+    if not sizes:
+        raise DataNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found in class folders under {train_dir}; "
+                                "expected <folder>/<class name>/<image files>")
+    channels = 1 if all(mode in GRAYSCALE_MODES for mode in modes) else 3
+    return _facts(len(classes), channels, sizes)
+
+
+def _facts(num_classes: int, channels: int, sizes: list[tuple[int, int]]) -> DataFacts:
+    size = (int(statistics.median(h for h, _ in sizes)), int(statistics.median(w for _, w in sizes)))
+    small_gray = channels == 1 and min(size) <= 32
+    return DataFacts(num_classes, channels, size, "digits" if small_gray else "crop_flip")
+
+
+def _sample_headers(folder: Path, classes: list[str]) -> tuple[list[tuple[int, int]], list[str]]:
+    """(height, width) and PIL mode of up to SAMPLE_PER_CLASS images per class, read from the file headers."""
+    from PIL import Image
+
+    sizes, modes = [], []
+    for name in classes:
+        files = (p for p in sorted((folder / name).rglob("*")) if p.suffix.lower() in IMAGE_EXTENSIONS)
+        for path in itertools.islice(files, SAMPLE_PER_CLASS):
+            try:
+                with Image.open(path) as im:
+                    sizes.append((im.height, im.width))
+                    modes.append(im.mode)
+            except OSError:  # an unreadable file: the loader reports it; the sample just skips it
+                continue
+        if len(sizes) >= SAMPLE_MAX:
+            break
+    return sizes, modes
