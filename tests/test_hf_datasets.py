@@ -305,3 +305,19 @@ def test_unlabelled_test_split(tmp_path):
         load_data(DataConfig(dataset=f"hf:{tmp_path / 'd'}", num_workers=0), image_size=(16, 16))
     data = load_data(DataConfig(dataset=f"hf:{tmp_path / 'd'}", num_workers=0, val_fraction=0.5), image_size=(16, 16))
     assert len(data.val) == 3  # the unlabelled split is not used
+
+
+def test_an_hf_source_alone_decides_the_model_it_gets(tmp_path):
+    """hf: sources go through the same data-aware defaults as image folders: the photos preset, the data's
+    classes, channels and size, photo augmentation; integer labels count their classes."""
+    from vitlab.flags import parse_train_flags
+
+    make_dataset(3, size=(40, 40)).save_to_disk(str(tmp_path / "rgb"))
+    args, cfg = parse_train_flags(["--data.dataset", f"hf:{tmp_path / 'rgb'}"])
+    assert args.preset == "photos" and cfg.model.num_classes == 3 and cfg.model.in_chans == 3
+    assert cfg.model.img_size == (32, 32) and cfg.model.patch_size == (4, 4) and cfg.data.augment == "crop_flip"
+    gray = make_dataset(2, mode="L").cast_column("label", datasets.Value("int64"))
+    gray.save_to_disk(str(tmp_path / "gray"))
+    _, small = parse_train_flags(["--data.dataset", f"hf:{tmp_path / 'gray'}"])
+    assert small.model.num_classes == 3 and small.model.in_chans == 1 and small.data.augment == "digits"
+    assert load_data(small.data, image_size=small.model.img_size).num_classes == small.model.num_classes

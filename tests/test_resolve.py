@@ -193,3 +193,29 @@ def test_the_python_api_trains_in_three_lines(pattern_folder, tmp_path, monkeypa
         assert len(top["classes"]) == 2 and top["classes"][0] in result.classes
     with pytest.raises(ConfigError, match="img_size.*model and finetune"):
         vitlab.train(img_size=32)
+
+
+def test_every_flag_a_message_names_exists():
+    """Error messages and help texts name only flags that vitlab (or the tool they quote) accepts."""
+    import ast
+    import re
+    from pathlib import Path
+
+    from vitlab.flags import ALIASES, TRAIN_ONLY_ALIASES, finetune_parser
+
+    src = Path(vitlab.__file__).parent
+    flag = re.compile(r"(?<![\w-])--[a-z][a-z0-9_]*(?:[.-][a-z0-9_]+)*")
+    known = {*train_parser()._option_string_actions, *finetune_parser()._option_string_actions, *ALIASES,
+             *TRAIN_ONLY_ALIASES, "--logdir", "--nproc_per_node", "--version"}  # the last three: tensorboard's, torchrun's, ours
+    unknown = {}
+    for path in src.rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "add_argument":
+                known |= {a.value for a in node.args if isinstance(a, ast.Constant) and isinstance(a.value, str)}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                for name in flag.findall(node.value):
+                    unknown.setdefault(name, set()).add(path.name)
+    assert "--finetune.pretrained_file" in unknown  # the scan sees the messages
+    assert not {name: where for name, where in unknown.items() if name not in known}

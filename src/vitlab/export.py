@@ -8,13 +8,13 @@ the graph: class names, preprocessing (size, mean/std, interpolation, crop) and 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Literal
 
 import torch
+
+from vitlab.atomic import atomic_write
 
 ExportFormat = Literal["onnx", "torchscript", "exported-program"]
 FORMATS: tuple[str, ...] = ("onnx", "torchscript", "exported-program")
@@ -22,12 +22,24 @@ SUFFIX = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "exported-program":
 INPUT_NAME, OUTPUT_NAME = "images", "logits"
 
 
-def _atomic_target(out: Path):
-    """A temporary path beside ``out`` with the same suffix (exporters pick the format from it)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}-", suffix="".join(out.suffixes) or ".tmp")
-    os.close(fd)
-    return Path(tmp)
+def _export(model: torch.nn.Module, tmp: Path, fmt: str, example: torch.Tensor, opset: int, exporter: str) -> None:
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer and exporter chatter about shape checks
+        if fmt == "onnx":
+            if exporter == "dynamo":
+                torch.onnx.export(model, (example,), str(tmp), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                                  dynamic_shapes={"x": {0: torch.export.Dim("batch")}}, opset_version=opset,
+                                  dynamo=True, verbose=False)
+            else:
+                torch.onnx.export(model, (example,), str(tmp), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                                  dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+                                  opset_version=opset, dynamo=False)
+        elif fmt == "torchscript":
+            traced = torch.jit.trace(model, example, check_inputs=[(torch.zeros(3, *example.shape[1:]),)])
+            traced.save(str(tmp))
+        else:
+            program = torch.export.export(model, (example,), dynamic_shapes={"x": {0: torch.export.Dim("batch")}})
+            torch.export.save(program, str(tmp))
 
 
 def export_model(model: torch.nn.Module, out: str | Path, fmt: ExportFormat = "onnx", info: dict | None = None,
@@ -48,29 +60,7 @@ def export_model(model: torch.nn.Module, out: str | Path, fmt: ExportFormat = "o
     model = model.cpu().eval()
     cfg = model.cfg
     example = torch.zeros(2, cfg.in_chans, *cfg.img_size)
-    tmp = _atomic_target(out)
-    try:
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # tracer and exporter chatter about shape checks
-            if fmt == "onnx":
-                if exporter == "dynamo":
-                    torch.onnx.export(model, (example,), str(tmp), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                                      dynamic_shapes={"x": {0: torch.export.Dim("batch")}}, opset_version=opset,
-                                      dynamo=True, verbose=False)
-                else:
-                    torch.onnx.export(model, (example,), str(tmp), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                                      dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-                                      opset_version=opset, dynamo=False)
-            elif fmt == "torchscript":
-                traced = torch.jit.trace(model, example, check_inputs=[(torch.zeros(3, *example.shape[1:]),)])
-                traced.save(str(tmp))
-            else:
-                program = torch.export.export(model, (example,), dynamic_shapes={"x": {0: torch.export.Dim("batch")}})
-                torch.export.save(program, str(tmp))
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    atomic_write(out, lambda tmp: _export(model, tmp, fmt, example, opset, exporter))
     info = info or {}
     sidecar = {"format": fmt, "input": INPUT_NAME, "output": OUTPUT_NAME,
                "input_shape": ["batch", cfg.in_chans, *cfg.img_size], "classes": info.get("classes"),

@@ -3,30 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from pathlib import Path
 
 import torch
 
-from vitlab.model import ViT, ViTConfig, count_flops
-from vitlab.presets import MODEL_ALIASES, MODEL_PRESETS, RUN_PRESETS, model_config
-from vitlab.resolve import resolve_config
-
-
-def model_of(name: str) -> ViTConfig:
-    """A model preset, a run preset's model, or the model of a checkpoint file."""
-    if name in MODEL_PRESETS or name in MODEL_ALIASES:
-        return model_config(name)
-    if name in RUN_PRESETS:
-        return resolve_config(name, facts=False).model
-    if Path(name).exists():
-        from vitlab.training.checkpoint import read_checkpoint_info
-
-        return ViTConfig(**read_checkpoint_info(name)["model"])
-    raise KeyError(f"{name!r} is neither a preset ({sorted(MODEL_PRESETS) + sorted(RUN_PRESETS)}) nor a checkpoint file")
+from vitlab.model import ViT, count_flops
+from vitlab.resolve import resolve_model
 
 
 def describe(name: str, num_classes: int | None = None) -> str:
-    cfg = model_of(name)
+    cfg = resolve_model(name)
     if num_classes is not None:
         cfg = replace(cfg, num_classes=num_classes)
     torch.manual_seed(0)

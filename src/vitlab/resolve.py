@@ -96,6 +96,27 @@ def with_planned_epochs(cfg: RunConfig, epochs: int) -> RunConfig:
     return check_config(replace(cfg, train=replace(cfg.train, epochs=max(1, int(epochs)))))
 
 
+def resolve_model(name: str, **overrides: Any) -> ViTConfig:
+    """An architecture by name: a model preset, a run preset's model (resolved without looking at its data), or
+    the model of a checkpoint file; ``overrides`` change its fields (checked like flags)."""
+    if name in RUN_PRESETS:
+        cfg = resolve_config(name, facts=False).model
+    elif Path(name).exists():
+        from vitlab.training.checkpoint import read_checkpoint_info  # a checkpoint: only when one is named
+
+        cfg = ViTConfig(**read_checkpoint_info(name)["model"])
+    else:
+        try:
+            cfg = model_config(name)
+        except KeyError as exc:
+            raise ConfigError(f"{name!r} is neither a preset nor a checkpoint file: {exc.args[0]}; run presets: "
+                              f"{', '.join(RUN_PRESETS)}") from None
+    try:
+        return replace(cfg, **overrides)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{name} with {overrides}: {exc}") from None
+
+
 # ----------------------------------------------------------------------------- layers
 
 

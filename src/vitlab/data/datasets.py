@@ -25,6 +25,7 @@ import torch
 from filelock import FileLock
 from torch.utils.data import Dataset
 
+from vitlab.atomic import atomic_write
 from vitlab.config import DATA_DIR_ENV, DataConfig
 
 log = logging.getLogger(__name__)
@@ -326,11 +327,5 @@ def _decode_once(dataset: Dataset, cfg: DataConfig, cache_file: Path, shape: tup
     for batch, _ in tqdm(loader, desc=desc, unit="batch", leave=False, disable=not progress):
         images[i : i + len(batch)] = batch
         i += len(batch)
-    cache_file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache_file.with_suffix(f".tmp{os.getpid()}")
-    try:
-        save_file({"images": images}, str(tmp))
-        os.replace(tmp, cache_file)  # atomic: a killed decode leaves no half-written cache
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write(cache_file, lambda tmp: save_file({"images": images}, str(tmp)))  # a killed decode leaves no half cache
     return images

@@ -68,15 +68,8 @@ class HFDataError(ValueError):
 def load_hf(cfg: DataConfig, image_size: tuple[int, int] | None, splits: tuple[str, ...], seed: int,
             progress: bool):
     """``(train, val, classes, notes, (mean, std))`` of the hf: source ``cfg.dataset``, as :func:`load_data` wants them."""
-    hf = _import_datasets()
-    source = cfg.dataset
-    available, where = _open(hf, cfg)
-    train_name, val_name = _choose_splits(source, available, cfg)
+    hf, source, available, where, train_name, val_name, image_col, label_col, names = _source(cfg)
     first = available[train_name]
-    if len(first) == 0:
-        raise HFDataError(f"{source}: split {train_name!r} is empty; its splits: {_describe_splits(available)}")
-    image_col = _image_column(hf, source, first, cfg.image_column)
-    label_col, names = _label_column(hf, source, first, cfg.label_column)
     if val_name is not None:
         for col in (image_col, label_col):
             if col not in available[val_name].features:
@@ -133,15 +126,8 @@ def load_hf(cfg: DataConfig, image_size: tuple[int, int] | None, splits: tuple[s
 
 def probe_hf(cfg: DataConfig, sample: int = 32) -> tuple[int, int, list[tuple[int, int]]]:
     """``(classes, channels, sizes of a sample of training images)`` of the hf: source, as :func:`load_hf` will find them."""
-    hf = _import_datasets()
-    source = cfg.dataset
-    available, _ = _open(hf, cfg)
-    train_name, val_name = _choose_splits(source, available, cfg)
+    _, source, available, _, train_name, val_name, image_col, label_col, names = _source(cfg)
     first = available[train_name]
-    if len(first) == 0:
-        raise HFDataError(f"{source}: split {train_name!r} is empty; its splits: {_describe_splits(available)}")
-    image_col = _image_column(hf, source, first, cfg.image_column)
-    label_col, names = _label_column(hf, source, first, cfg.label_column)
     if names is not None:
         num_classes = len(names)
     else:  # integer labels: classes 0 .. the largest label of the splits that will be loaded
@@ -151,6 +137,21 @@ def probe_hf(cfg: DataConfig, sample: int = 32) -> tuple[int, int, list[tuple[in
     index = sorted({round(i * (n - 1) / max(1, sample - 1)) for i in range(min(n, sample))})
     sizes = [(img.height, img.width) for img in first.select_columns([image_col])[index][image_col]]
     return num_classes, 1 if _pixel_mode(first, image_col) == "L" else 3, sizes
+
+
+def _source(cfg: DataConfig) -> tuple:
+    """``(datasets module, source name, splits, where, train split, val split or None, image column, label column,
+    class names or None)``: what :func:`load_hf` and :func:`probe_hf` both start from."""
+    hf = _import_datasets()
+    source = cfg.dataset
+    available, where = _open(hf, cfg)
+    train_name, val_name = _choose_splits(source, available, cfg)
+    first = available[train_name]
+    if len(first) == 0:
+        raise HFDataError(f"{source}: split {train_name!r} is empty; its splits: {_describe_splits(available)}")
+    image_col = _image_column(hf, source, first, cfg.image_column)
+    label_col, names = _label_column(hf, source, first, cfg.label_column)
+    return hf, source, available, where, train_name, val_name, image_col, label_col, names
 
 
 def _import_datasets():

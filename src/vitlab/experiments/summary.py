@@ -21,10 +21,10 @@ from typing import Any
 import yaml
 from matplotlib.figure import Figure
 
+from vitlab.atomic import atomic_write_text
 from vitlab.experiments.keys import RUNTIME_KEYS, SEED_KEY, flatten, format_value, short_names
 from vitlab.insight.plots import save_figure
-from vitlab.training.checkpoint import atomic_write_text
-from vitlab.training.trainer import CONFIG_FILE, METRICS_FILE
+from vitlab.training.rundir import CONFIG_FILE, METRICS_FILE
 
 
 @dataclass

@@ -25,13 +25,14 @@ import yaml
 from jsonargparse import ArgumentError
 from tqdm.auto import tqdm
 
+from vitlab.atomic import atomic_write_text
 from vitlab.config import RunConfig
 from vitlab.experiments.keys import RUNTIME_KEYS, flatten, format_value
 from vitlab.experiments.spec import SweepSpec, Trial
 from vitlab.experiments.summary import RunResult, load_run, write_results
 from vitlab.flags import parse_train_flags
-from vitlab.training.checkpoint import RESUME_FILE, atomic_write_text
-from vitlab.training.trainer import CONFIG_FILE, METRICS_FILE
+from vitlab.training.checkpoint import RESUME_FILE
+from vitlab.training.rundir import CONFIG_FILE, METRICS_FILE
 
 BASE_FILE = "base.yaml"
 RUNS_DIR = "runs"

@@ -16,8 +16,6 @@ Regenerate the documentation's pictures::
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -27,6 +25,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import FancyBboxPatch
 from torch.overrides import TorchFunctionMode
 
+from vitlab.atomic import atomic_write
 from vitlab.model import ViT, ViTConfig
 
 __all__ = ["Architecture", "Step", "draw_architecture", "trace_shapes"]
@@ -372,16 +371,9 @@ def _save_small(fig: Figure, path: str | Path, dpi: int) -> Path:
     from vitlab.insight.plots import save_figure
 
     path = save_figure(fig, path, dpi=dpi)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".png")
-    os.close(fd)
-    try:
-        with Image.open(path) as image:
-            image.convert("RGB").quantize(colors=256).save(tmp, format="png", optimize=True)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    with Image.open(path) as image:
+        palette = image.convert("RGB").quantize(colors=256)
+    return atomic_write(path, lambda tmp: palette.save(tmp, format="png", optimize=True))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -396,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     import yaml
 
-    from vitlab.presets import model_config
+    from vitlab.resolve import resolve_model
 
     overrides = {}
     for item in args.overrides:
@@ -404,7 +396,10 @@ def main(argv: list[str] | None = None) -> int:
         if not sep:
             parser.error(f"expected FIELD=VALUE, got {item!r}")
         overrides[key] = yaml.safe_load(value)
-    cfg = model_config(args.preset, **overrides)
+    try:
+        cfg = resolve_model(args.preset, **overrides)
+    except ValueError as exc:
+        parser.error(str(exc))
     result = draw_architecture(cfg, args.out, title=args.title or args.preset, dpi=args.dpi)
     print(f"wrote {result.path}")
     for step in result.steps:

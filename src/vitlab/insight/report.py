@@ -9,14 +9,13 @@ from __future__ import annotations
 import base64
 import html
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 import yaml
 
+from vitlab.atomic import atomic_write_text
 from vitlab.baselines import model_arch, model_flops
 from vitlab.insight.run_figures import FIGURES_DIR, split_images, worst_mistakes, write_run_figures
 from vitlab.model import ViT
@@ -151,10 +150,4 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, attention_i
         f"{time.strftime('%Y-%m-%d %H:%M')}</p></header><main>{''.join(sections)}</main>"
         '<footer>vitlab · <span id="render-check"></span></footer></body></html>\n'
     )
-    target = Path(out) if out else run_dir / REPORT_FILE
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.stem}-", suffix=".html")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(page)
-    os.replace(tmp, target)
-    return target
+    return atomic_write_text(Path(out) if out else run_dir / REPORT_FILE, page)

@@ -11,7 +11,6 @@ a half-written file behind.
 from __future__ import annotations
 
 import json
-import os
 import platform
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from vitlab.atomic import atomic_write, atomic_write_text
 from vitlab.baselines import build_model, model_arch
 from vitlab.model import ViT, ViTConfig
 
@@ -38,24 +38,6 @@ def versions() -> dict[str, str]:
 
     return {"vitlab": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
             "python": platform.python_version()}
-
-
-def atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)``, flush it to disk, then rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def save_checkpoint(path: str | Path, model: ViT, info: dict[str, Any]) -> Path:

@@ -7,10 +7,7 @@ saved after epoch k therefore continues exactly as the uninterrupted run would (
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,27 +25,24 @@ from vitlab.device import autocast_context, resolve_device
 from vitlab.model import ViT
 from vitlab.resolve import ConfigError, resolve_config, resumed_config, with_planned_epochs
 from vitlab.training.budget import WARM_STEPS, epoch_seconds, planned_epochs
-from vitlab.training.checkpoint import (
-    RESUME_FILE,
-    atomic_write_text,
-    load_resume_state,
-    save_checkpoint,
-    save_resume_state,
-)
+from vitlab.training.checkpoint import RESUME_FILE, load_resume_state, save_checkpoint, save_resume_state
 from vitlab.training.distributed import Distributed, local_batch_size, setup_distributed
 from vitlab.training.ema import weight_ema
 from vitlab.training.evaluation import evaluate
 from vitlab.training.optim import build_optimizer, build_scheduler
+from vitlab.training.rundir import (
+    CONFIG_FILE,
+    METRICS_FILE,
+    RunExistsError,
+    discard_unstarted_run,
+    prepare_run_dir,
+    read_metrics,
+    read_run_config,
+    write_metrics,
+    write_run_config,
+)
 
 __all__ = ["CONFIG_FILE", "METRICS_FILE", "RunExistsError", "TrainResult", "evaluate", "read_run_config", "train"]
-
-CONFIG_FILE = "config.yaml"
-METRICS_FILE = "metrics.jsonl"
-
-
-class RunExistsError(FileExistsError):
-    """The run directory already holds a run."""
-
 
 def epoch_seed(seed: int, epoch: int) -> int:
     return seed * 1_000_003 + epoch
@@ -70,31 +64,6 @@ class TrainResult:
     @property
     def final(self) -> dict[str, Any]:
         return self.history[-1] if self.history else {}
-
-
-def prepare_run_dir(run_dir: Path, cfg: RunConfig, resume: bool) -> None:
-    """Create a new run directory, or check that ``resume`` points at an existing one."""
-    config_file = run_dir / CONFIG_FILE
-    if resume:
-        if not config_file.exists():
-            raise FileNotFoundError(f"cannot resume: {run_dir} holds no {CONFIG_FILE}; is it a vitlab run directory?")
-        return
-    if run_dir.exists() and any(run_dir.iterdir()):
-        raise RunExistsError(
-            f"run directory {run_dir} already exists and is not empty; continue it with "
-            f"`vitlab train --resume {run_dir}`, or choose another --run_dir (nothing was overwritten)"
-        )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_run_config(run_dir, cfg)
-
-
-def write_run_config(run_dir: Path, cfg: RunConfig) -> None:
-    """The resolved configuration as ``RUN_DIR/config.yaml`` (atomically)."""
-    atomic_write_text(run_dir / CONFIG_FILE, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-
-
-def read_run_config(run_dir: Path) -> RunConfig:
-    return resumed_config(yaml.safe_load((Path(run_dir) / CONFIG_FILE).read_text()) or {}, str(Path(run_dir) / CONFIG_FILE))
 
 
 def train(cfg: RunConfig | None, run_dir: str | Path, resume: bool = False, progress: bool = True,
@@ -219,7 +188,7 @@ def start_run(cfg: RunConfig, run_dir: Path, resume: bool, data: ImageData | Non
     if state is not None:
         restore_state(run, state)
     if ctx.is_main:
-        _write_metrics(run_dir, run.history)  # drops any line written after the saved state
+        write_metrics(run_dir, run.history)  # drops any line written after the saved state
     run.started = time.perf_counter() - (run.history[-1]["elapsed_s"] if run.history else 0.0)
     run.board = tensorboard_writer(run_dir) if tc.tensorboard and ctx.is_main else None
     run.compiled = torch.compile(run.step_model) if tc.compile and not ctx.enabled else None
@@ -438,7 +407,7 @@ def save_epoch(run: Run, record: dict[str, Any]) -> None:
     if run.ema is not None:
         state["ema"] = run.ema.state_dict()
     save_resume_state(run.run_dir, state)
-    _write_metrics(run.run_dir, run.history)
+    write_metrics(run.run_dir, run.history)
     if run.board is not None:
         for key, value in record.items():
             if key != "epoch":
@@ -467,22 +436,6 @@ def finish_run(run: Run, val: dict[str, Any] | None) -> None:
         run.board.close()
     if run.ctx.enabled:
         torch.distributed.destroy_process_group()
-
-
-def discard_unstarted_run(run_dir: Path) -> None:
-    """Remove what a run that never finished an epoch wrote (its config, an empty metrics file, TensorBoard)."""
-    if not run_dir.is_dir() or (run_dir / RESUME_FILE).exists() or list(run_dir.glob("*.safetensors")):
-        return
-    for name in (CONFIG_FILE, METRICS_FILE):
-        (run_dir / name).unlink(missing_ok=True)
-    shutil.rmtree(run_dir / "tensorboard", ignore_errors=True)
-    with contextlib.suppress(OSError):
-        run_dir.rmdir()  # only when nothing else is in it
-
-
-def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    path = Path(run_dir) / METRICS_FILE
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
 
 
 def _synchronized_time(device: torch.device) -> float:
@@ -545,5 +498,3 @@ def extract_features(model: ViT, split: ImageSplit, preprocess: Preprocess, tc: 
     return ImageSplit(split.labels, images=torch.cat(features))
 
 
-def _write_metrics(run_dir: Path, history: list[dict[str, Any]]) -> None:
-    atomic_write_text(run_dir / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in history))
