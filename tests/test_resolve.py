@@ -51,6 +51,8 @@ def test_a_preset_for_other_data_takes_the_datas_shape(tmp_path):
     assert cfg.model.in_chans == 3 and cfg.model.img_size == (32, 32) and cfg.model.patch_size == (4, 4)
     assert cfg.data.augment == "crop_flip" and cfg.model.embed_dim == 64  # the preset's architecture stays
     assert resolve_config(overrides={"data.dataset": "cifar100"}).model.num_classes == 100  # the cifar100 preset
+    fashion = resolve_config("mnist", overrides={"data.dataset": "fashion_mnist"})
+    assert fashion.model.patch_size == (7, 7) and fashion.data.augment == "flip"  # same image size: the preset's patch
     assert image_size_for((150, 150)) == 64 and image_size_for((40, 50)) == 32 and image_size_for((30, 30)) == 28
     assert patch_size_for(64) == 8 and patch_size_for(28) == 4 and patch_size_for((32, 48)) == 4
     assert patch_size_for(28, power_of_two=True) == 4 and patch_size_for(96, power_of_two=True) == 16

@@ -69,7 +69,7 @@ def resolve_config(preset: str | RunConfig | None = None, config: str | Path | S
     if finetune:
         _from_weights(merged, explicit)
     if facts:
-        _from_data(merged, explicit, tailored=_tailored(base, merged, finetune, isinstance(preset, RunConfig)))
+        _from_data(merged, explicit, _tailored(base, merged, finetune, isinstance(preset, RunConfig)), base.model.img_size)
     return check_config(_build(merged))
 
 
@@ -229,8 +229,9 @@ def _tailored(base: RunConfig, merged: dict[str, Any], finetune: bool, given: bo
     return finetune or given or (base.data.dataset == merged["data"]["dataset"] and base.data.dataset in BUILTIN_FACTS)
 
 
-def _from_data(d: dict[str, Any], explicit: set[str], tailored: bool) -> None:
-    """Classes always from the data; channels, input size, patch size and augmentation too for a preset made for other data."""
+def _from_data(d: dict[str, Any], explicit: set[str], tailored: bool, preset_size: tuple[int, int]) -> None:
+    """Classes always from the data; channels, input size, patch size and augmentation too for a preset made for other
+    data (the preset's patch size stays where the input size is still the preset's)."""
     facts = _probe(d["data"])
     model = d["model"]
     if facts.num_classes is not None:
@@ -244,10 +245,16 @@ def _from_data(d: dict[str, Any], explicit: set[str], tailored: bool) -> None:
         model["in_chans"] = facts.channels
     if "model.img_size" not in explicit and facts.image_size is not None:
         model["img_size"] = image_size_for(facts.image_size)
-    if "model.patch_size" not in explicit:
+    size, patch = _pair(model["img_size"]), _pair(model["patch_size"])
+    fits = all(s % p == 0 for s, p in zip(size, patch))
+    if "model.patch_size" not in explicit and (size != _pair(preset_size) or not fits):  # same size: the preset's patch stays
         model["patch_size"] = patch_size_for(model["img_size"], power_of_two=model.get("patch_embed") == "conv_stem")
     if "data.augment" not in explicit:
         d["data"]["augment"] = facts.augment
+
+
+def _pair(value) -> tuple[int, int]:
+    return (int(value), int(value)) if isinstance(value, (int, float)) else (int(value[0]), int(value[1]))
 
 
 def _probe(data: dict[str, Any]) -> DataFacts:
