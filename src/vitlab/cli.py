@@ -118,14 +118,19 @@ def cmd_predict(argv: list[str]) -> int:
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
     args = parser.parse_args(argv)
     results = predict_files(args.checkpoint, args.images, topk=args.topk, device=args.device)
+    failed = [item for item in results if "error" in item]
     if args.json:
         print(json.dumps(results, indent=2))
-        return 0
-    for item in results:
+    for item in [] if args.json else results:
+        if "error" in item:
+            print(f"vitlab predict: error: {item['error']}", file=sys.stderr)
+            continue
         print(item["image"])
         for rank, (name, prob) in enumerate(zip(item["classes"], item["probs"]), 1):
             print(f"  {rank}. {name:<30} {prob:.4f}")
-    return 0
+    if failed:
+        print(f"vitlab predict: {len(failed)} of {len(results)} images could not be read", file=sys.stderr)
+    return 2 if failed else 0  # bad input, as for every other error
 
 
 def _source_help(what: str) -> str:
@@ -362,10 +367,17 @@ def main(argv: list[str] | None = None) -> int:
         print("\ninterrupted: finished epochs are saved; continue with `vitlab train --resume RUN_DIR`",
               file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, FileExistsError, KeyError) as exc:
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"vitlab {argv[0]}: error: {message}", file=sys.stderr)
+    except (ValueError, OSError, KeyError) as exc:  # bad input: one clear line, never a traceback
+        print(f"vitlab {argv[0]}: error: {error_message(exc)}", file=sys.stderr)
         return 2
+
+
+def error_message(exc: BaseException) -> str:
+    """The message of ``exc``; for one re-raised from a DataLoader worker, the original's last line, not the traceback."""
+    message = str(exc.args[0] if isinstance(exc, KeyError) and exc.args else exc)
+    if "Original Traceback" in message:
+        message = message.strip().splitlines()[-1].split(": ", 1)[-1]
+    return message
 
 
 if __name__ == "__main__":

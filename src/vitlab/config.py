@@ -53,6 +53,9 @@ class DataConfig:
     """Use only the first N (shuffled, seeded) training images: quick experiments and tests."""
     val_subset: Optional[int] = None
     """Use only the first N (shuffled, seeded) validation images."""
+    skip_bad_images: bool = False
+    """Image folders: leave out images that cannot be decoded (truncated, empty, not an image), with a warning
+    listing them, instead of stopping with an error that lists them."""
     num_workers: int = 2
     """Processes that decode image files (once, into the cache, or every epoch when streaming)."""
     max_cache_gib: float = 8.0

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from vitlab.data import Preprocess
-from vitlab.data.datasets import resize_and_crop
+from vitlab.data.datasets import BadImageError, open_image, resize_and_crop
 from vitlab.device import resolve_device
 from vitlab.training.checkpoint import load_checkpoint
 
@@ -17,20 +17,15 @@ def load_image(path: str | Path, in_chans: int, image_size: tuple[int, int] | No
                interpolation: str = "bicubic") -> torch.Tensor:
     """Read an image file as uint8 (C, H, W) with the model's channel count, resized and cropped
     as the training data was (shorter side to ``image_size / crop_pct``, center crop)."""
-    from PIL import Image, UnidentifiedImageError
     from torchvision.transforms.v2 import functional as TF
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"image {path} does not exist")
-    try:
-        with Image.open(path) as im:
-            img = im.convert("L" if in_chans == 1 else "RGB")
-            if image_size is not None:
-                img = resize_and_crop(img, image_size, crop_pct, interpolation)
-            return TF.pil_to_tensor(img)
-    except UnidentifiedImageError as exc:
-        raise ValueError(f"{path} is not an image file PIL can read") from exc
+    img = open_image(path, "L" if in_chans == 1 else "RGB")
+    if image_size is not None:
+        img = resize_and_crop(img, image_size, crop_pct, interpolation)
+    return TF.pil_to_tensor(img)
 
 
 def load_model(source: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
@@ -97,27 +92,37 @@ def to_image_tensor(image, in_chans: int, image_size: tuple[int, int], crop_pct:
 
 
 @torch.no_grad()
-def predict(model, images: list, topk: int = 5, device: str = "auto") -> list[dict]:
+def predict(model, images: list, topk: int = 5, device: str = "auto", errors: str = "raise") -> list[dict]:
     """Top-k class names and probabilities for each image (file paths, PIL images or image tensors).
 
     ``model``: a checkpoint, a run directory, pretrained weights (registry name or file), or a
-    ``(model, info)`` pair from :func:`load_model`.
+    ``(model, info)`` pair from :func:`load_model`. ``errors="report"``: an image that cannot be read
+    gets ``{"image": ..., "error": ...}`` and the others their results; ``"raise"``: the first one raises.
     """
     dev = resolve_device(device)
     model, info = model if isinstance(model, tuple) else load_model(model, device=dev)
     model = model.to(dev).eval()
     prep, classes = info["preprocessing"], info["classes"]
-    batch = torch.stack([to_image_tensor(image, model.cfg.in_chans, tuple(model.cfg.img_size), prep.get("crop_pct", 1.0),
-                                         prep.get("interpolation", "bicubic")) for image in images])
-    probs = model(model_preprocess(model, info)(batch.to(dev))).softmax(-1).cpu()
-    top = probs.topk(min(topk, probs.shape[1]), dim=1)
-    return [
-        {"image": str(image) if isinstance(image, (str, Path)) else f"image {i}",
-         "classes": [classes[j] for j in idx.tolist()], "indices": idx.tolist(), "probs": [round(p, 6) for p in val.tolist()]}
-        for i, (image, val, idx) in enumerate(zip(images, top.values, top.indices))
-    ]
+    items, tensors = [], []
+    for i, image in enumerate(images):
+        items.append({"image": str(image) if isinstance(image, (str, Path)) else f"image {i}"})
+        try:
+            tensors.append(to_image_tensor(image, model.cfg.in_chans, tuple(model.cfg.img_size),
+                                           prep.get("crop_pct", 1.0), prep.get("interpolation", "bicubic")))
+        except (BadImageError, FileNotFoundError, ValueError, TypeError) as exc:
+            if errors == "raise":
+                raise
+            items[-1]["error"] = str(exc)
+    readable = [item for item in items if "error" not in item]
+    if tensors:
+        probs = model(model_preprocess(model, info)(torch.stack(tensors).to(dev))).softmax(-1).cpu()
+        top = probs.topk(min(topk, probs.shape[1]), dim=1)
+        for item, values, indices in zip(readable, top.values, top.indices):
+            item.update({"classes": [classes[j] for j in indices.tolist()], "indices": indices.tolist(),
+                         "probs": [round(p, 6) for p in values.tolist()]})
+    return items
 
 
 def predict_files(checkpoint: str | Path, images: list[str], topk: int = 5, device: str = "auto") -> list[dict]:
-    """Top-k class names and probabilities for each image file."""
-    return predict(checkpoint, images, topk=topk, device=device)
+    """Top-k class names and probabilities for each image file; a file that cannot be read gets an ``error``."""
+    return predict(checkpoint, images, topk=topk, device=device, errors="report")

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 from filelock import FileLock
+from PIL import Image
 from torch.utils.data import Dataset
 
 from vitlab.atomic import atomic_write
@@ -42,11 +43,51 @@ NORMALIZATION: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
 }
 DATASETS = tuple(NORMALIZATION)
 HF_PREFIX = "hf:"  # --data.dataset hf:NAME: a Hugging Face `datasets` source (vitlab.data.hf)
-GRAYSCALE_MODES = ("L", "1", "I;16")  # PIL modes decoded as one channel; anything else becomes RGB
+HIGH_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")  # 16-bit, 32-bit and float grayscale: scaled to 8 bits
+GRAYSCALE_MODES = ("L", "1", "LA", *HIGH_BIT_MODES)  # PIL modes decoded as one channel; anything else becomes RGB
 
 
 class DataNotFoundError(FileNotFoundError):
     """The data set is not under the root and could not be downloaded."""
+
+
+class BadImageError(ValueError):
+    """Image files that cannot be decoded (truncated, empty, not an image, larger than PIL's safety limit)."""
+
+
+UNREADABLE = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)  # what PIL raises for a broken file
+
+
+SKIP_HINT = "--data.skip_bad_images true leaves such files out (with a warning that lists them)"
+
+
+def open_image(path: str | Path, mode: str):
+    """``path`` decoded as an 8-bit PIL image in ``mode`` ("L" or "RGB"): 16-bit and float images are scaled to
+    0..255, not clipped. Raises :class:`BadImageError` naming the file when it cannot be decoded."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return _eight_bit(im).convert(mode)
+    except UNREADABLE as exc:
+        raise BadImageError(f"{path} cannot be decoded ({type(exc).__name__}: {exc})") from exc
+
+
+def _eight_bit(image):
+    """16-bit (I;16), 32-bit integer (I) and float (F) grayscale as 8-bit L, scaled by the range the mode holds."""
+    if image.mode not in HIGH_BIT_MODES:
+        return image
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.asarray(image, dtype=np.float64)
+    top = pixels.max(initial=0.0)
+    if image.mode.startswith("I;16"):
+        scale = 65535.0
+    elif image.mode == "F" and top <= 1.0:
+        scale = 1.0
+    else:  # I or F holding integers: 16-bit values when any exceeds 8 bits
+        scale = 65535.0 if top > 255 else 255.0
+    return Image.fromarray(np.clip(np.round(pixels * 255.0 / scale), 0, 255).astype(np.uint8), mode="L")
 
 
 @dataclass
@@ -121,6 +162,13 @@ def _load_mnist_like(cfg: DataConfig, name: str, splits: tuple[str, ...]):
     if all((raw / f).exists() for f in _MNIST_FILES):
         read_root, download = root, False  # already extracted: torchvision only reads
     elif all((raw / f"{f}.gz").exists() for f in _MNIST_FILES):
+        from torchvision.datasets.utils import check_integrity
+
+        damaged = [name for name, md5 in cls.resources if not check_integrity(str(raw / name), md5)]
+        if damaged:  # truncated or altered: say so, instead of torchvision trying to download them again
+            raise ValueError(f"{', '.join(damaged)} under {raw} are damaged (their MD5 checksums differ from the "
+                             "published files); replace them with intact copies, or delete them and allow "
+                             "--data.download true")
         # torchvision extracts the .gz files next to themselves: do that in the cache, never in the root
         cached_raw = cache / folder / "raw"
         cached_raw.mkdir(parents=True, exist_ok=True)
@@ -145,7 +193,12 @@ def _load_mnist_like(cfg: DataConfig, name: str, splits: tuple[str, ...]):
                     ds = cls(str(read_root), train=split == "train", download=download)
                 out[split] = ImageSplit(ds.targets.long(), images=ds.data.unsqueeze(1).contiguous())
         classes = list(cls.classes)
-    except (RuntimeError, OSError) as exc:  # no internet, or a corrupt file
+    except (RuntimeError, OSError, EOFError) as exc:  # no internet, or a corrupt file
+        present = [raw / f for f in _MNIST_FILES if (raw / f).exists()] + [raw / f"{f}.gz" for f in _MNIST_FILES
+                                                                          if (raw / f"{f}.gz").exists()]
+        if present:  # the files are there, so they are damaged (truncated, or not what their checksum says)
+            raise ValueError(f"{name} files under {raw} are damaged (torchvision said: {exc}); replace them with intact "
+                             "copies of the four IDX files, or delete them and allow --data.download true") from exc
         raise _missing(name, root, [str(raw)], f"torchvision said: {exc}.") from exc
     return out.get("train"), out.get("val"), classes
 
@@ -206,16 +259,20 @@ def folder_splits(cfg: DataConfig) -> tuple[Path, Path | None]:
     return root, None
 
 
-def _load_image_folder(cfg: DataConfig, image_size: tuple[int, int] | None, splits: tuple[str, ...], progress: bool):
+def _load_image_folder(cfg: DataConfig, image_size: tuple[int, int] | None, splits: tuple[str, ...], progress: bool,
+                       channels: int | None = None):
     train_dir, val_dir = folder_splits(cfg)
     if image_size is None:
         raise ValueError("image folders are resized to the model's img_size, which was not given")
     classes = class_names(train_dir)
-    train = _folder_split(train_dir, cfg, image_size, classes, progress) if "train" in splits else None
+    files, labels = _list_images(train_dir, classes)
+    refuse_unusable_classes(train_dir, classes, {name: labels.count(i) for i, name in enumerate(classes)})
+    mode = ("L" if channels == 1 else "RGB") if channels else split_mode(files)  # one mode for both splits
+    train = _folder_split(train_dir, cfg, image_size, classes, progress, mode) if "train" in splits else None
     if val_dir is None and cfg.val_fraction <= 0:
         raise ValueError(f"{cfg.path} has no validation folder (train/ and val/ sub-folders): set --data.val_fraction "
                          "(e.g. 0.2) to hold out part of the training images")
-    val = _folder_split(val_dir, cfg, image_size, classes, progress) if val_dir is not None and "val" in splits else None
+    val = _folder_split(val_dir, cfg, image_size, classes, progress, mode) if val_dir is not None and "val" in splits else None
     return train, val, classes
 
 
@@ -234,6 +291,18 @@ def _list_images(folder: Path, classes: list[str]) -> tuple[list[Path], list[int
             "expected <folder>/<class name>/<image files>"
         )
     return files, labels
+
+
+def refuse_unusable_classes(folder: Path, classes: list[str], counts: dict[str, int]) -> None:
+    """A training folder needs two classes or more, and an image in every class folder (an empty one would
+    silently become a class of the head that nothing teaches)."""
+    if len(classes) < 2:
+        raise ValueError(f"{folder} has {len(classes)} class folder ({', '.join(classes) or 'none'}): a classifier needs "
+                         "two classes or more, one sub-folder of images each")
+    empty = [name for name in classes if not counts.get(name)]
+    if empty:
+        raise ValueError(f"{folder}: class folder(s) {', '.join(empty)} hold no images ({', '.join(IMAGE_EXTENSIONS)}); "
+                         "remove them or add images")
 
 
 def resize_and_crop(image, image_size: tuple[int, int], crop_pct: float = 1.0, interpolation: str = "bicubic"):
@@ -260,72 +329,121 @@ class FolderImages(Dataset):
     """
 
     def __init__(self, files: list[Path], labels: list[int], image_size: tuple[int, int] | None, mode: str,
-                 crop_pct: float = 1.0, interpolation: str = "bicubic") -> None:
+                 crop_pct: float = 1.0, interpolation: str = "bicubic", mark_bad: tuple[int, int] | None = None) -> None:
         self.files, self.labels, self.image_size, self.mode = files, labels, image_size, mode
-        self.crop_pct, self.interpolation = crop_pct, interpolation
+        self.crop_pct, self.interpolation, self.mark_bad = crop_pct, interpolation, mark_bad
 
     def __len__(self) -> int:
         return len(self.files)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        from PIL import Image
+        """The image and its label. An image that cannot be decoded raises, or with ``mark_bad=(height, width)``
+        comes back black, of that size, with label -1, for the caller to report or leave out."""
         from torchvision.transforms.v2 import functional as TF
 
-        with Image.open(self.files[i]) as im:
-            img = im.convert(self.mode)
-            if self.image_size is not None:
-                img = resize_and_crop(img, self.image_size, self.crop_pct, self.interpolation)
-            return TF.pil_to_tensor(img), self.labels[i]
+        try:
+            img = open_image(self.files[i], self.mode)
+        except BadImageError as exc:
+            if self.mark_bad is None:
+                raise BadImageError(f"{exc}; {SKIP_HINT}") from None
+            return torch.zeros(1 if self.mode == "L" else 3, *self.mark_bad, dtype=torch.uint8), -1
+        if self.image_size is not None:
+            img = resize_and_crop(img, self.image_size, self.crop_pct, self.interpolation)
+        return TF.pil_to_tensor(img), self.labels[i]
 
 
-def _folder_split(folder: Path, cfg: DataConfig, image_size, classes: list[str] | None, progress: bool) -> ImageSplit:
+def split_mode(files: list[Path], sample: int = 64) -> str:
+    """"L" when every image of an even sample of ``files`` is grayscale (read from the headers), else "RGB": one
+    colour mode for a whole split, whatever image happens to come first."""
+    step = max(1, len(files) // sample)
+    for path in files[::step]:
+        try:
+            with Image.open(path) as im:
+                if im.mode not in GRAYSCALE_MODES:
+                    return "RGB"
+        except UNREADABLE:  # a broken file: the decoder reports it
+            continue
+    return "L"
+
+
+def _folder_split(folder: Path, cfg: DataConfig, image_size, classes: list[str] | None, progress: bool,
+                  mode: str | None = None) -> ImageSplit:
+    """The images of ``folder``'s class folders, decoded in ``mode`` (default: :func:`split_mode`) at ``image_size``
+    (default: the first image's size), cached, or streamed when larger than ``max_cache_gib``."""
     classes = classes or class_names(folder)
     files, labels = _list_images(folder, classes)
-    from PIL import Image
-
-    with Image.open(files[0]) as first:
-        mode = "L" if first.mode in GRAYSCALE_MODES else "RGB"
-        size = image_size or (first.height, first.width)
-    dataset = FolderImages(files, labels, image_size, mode, cfg.crop_pct, cfg.interpolation)
+    mode = mode or split_mode(files)
+    size = image_size or _first_size(files)
     channels = 1 if mode == "L" else 3
     nbytes = len(files) * channels * size[0] * size[1]
     if nbytes > cfg.max_cache_gib * 2**30:
         log.info("%s: %d images stream from disk (%.1f GiB > max_cache_gib)", folder, len(files), nbytes / 2**30)
+        mark = size if cfg.skip_bad_images else None  # marked images are left out of each batch (loader.py)
+        dataset = FolderImages(files, labels, image_size, mode, cfg.crop_pct, cfg.interpolation, mark_bad=mark)
         return ImageSplit(torch.tensor(labels), stream=dataset)
-    return ImageSplit(torch.tensor(labels), images=_cached_tensor(dataset, cfg, folder, size, progress))
+    dataset = FolderImages(files, labels, image_size, mode, cfg.crop_pct, cfg.interpolation, mark_bad=size)
+    images, bad = _cached_tensor(dataset, cfg, folder, size, progress)
+    return without_bad_images(ImageSplit(torch.tensor(labels), images=images), bad, files, folder, cfg.skip_bad_images)
 
 
-def _cached_tensor(dataset: FolderImages, cfg: DataConfig, folder: Path, size, progress: bool) -> torch.Tensor:
-    """Decode every image once and keep the result as a safetensors file in the cache."""
+def _first_size(files: list[Path]) -> tuple[int, int]:
+    first = open_image(files[0], "L")
+    return first.height, first.width
+
+
+def without_bad_images(split: ImageSplit, bad: torch.Tensor, files: list[Path], folder: Path, skip: bool) -> ImageSplit:
+    """``split`` without the images that could not be decoded, with a warning listing them; without ``skip``
+    an error that lists them and names the option."""
+    if not bool(bad.any()):
+        return split
+    names = [str(files[i]) for i in bad.nonzero().flatten().tolist()]
+    listing = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+    if not skip:
+        try:
+            open_image(names[0], "RGB")
+            reason = ""
+        except BadImageError as exc:  # why the first one fails, in PIL's words
+            reason = f" (the first: {str(exc).removeprefix(names[0]).strip()})"
+        raise BadImageError(f"{len(names)} image(s) under {folder} cannot be decoded: {listing}{reason}; {SKIP_HINT}")
+    log.warning("%s: %d image(s) could not be decoded and are left out: %s", folder, len(names), listing)
+    return split.subset((~bad).nonzero().flatten())
+
+
+def _cached_tensor(dataset: FolderImages, cfg: DataConfig, folder: Path, size, progress: bool):
+    """Decode every image once and keep the result as a safetensors file in the cache: (images, undecodable mask)."""
     fingerprint = hashlib.sha256(
         json.dumps([str(folder.resolve()), list(size), dataset.mode, dataset.crop_pct, dataset.interpolation, "pil",
-                    len(dataset.files),
+                    "8bit", len(dataset.files),
                     [(str(f.relative_to(folder)), f.stat().st_size, int(f.stat().st_mtime)) for f in dataset.files]])
         .encode()
     ).hexdigest()[:16]
     cache_file = cfg.resolved_cache_dir() / "tensors" / f"{folder.parent.name}-{folder.name}-{fingerprint}.safetensors"
     channels = 1 if dataset.mode == "L" else 3
-    return _decode_once(dataset, cfg, cache_file, (channels, *size), f"decoding {folder} (once, cached)",
-                        progress)
+    return _decode_once(dataset, cfg, cache_file, (channels, *size), f"decoding {folder} (once, cached)", progress)
 
 
 def _decode_once(dataset: Dataset, cfg: DataConfig, cache_file: Path, shape: tuple[int, ...], desc: str,
-                 progress: bool) -> torch.Tensor:
-    """Read ``cache_file``, or decode every (image, label) of ``dataset`` into a uint8 tensor and write it there atomically."""
+                 progress: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Read ``cache_file``, or decode every (image, label) of ``dataset`` into a uint8 tensor and write it there
+    atomically: (images, mask of the images that could not be decoded, which the dataset gave label -1)."""
     from safetensors.torch import load_file, save_file
 
     if cache_file.exists():
         try:
-            return load_file(str(cache_file))["images"]
+            stored = load_file(str(cache_file))
+            return stored["images"], stored.get("bad", torch.zeros(len(stored["images"]), dtype=torch.bool))
         except Exception as exc:  # a damaged cache file is rebuilt, not trusted
             log.warning("ignoring unreadable cache %s (%s)", cache_file, exc)
     from tqdm.auto import tqdm
 
     loader = torch.utils.data.DataLoader(dataset, batch_size=256, num_workers=min(cfg.num_workers, os.cpu_count() or 1))
     images = torch.empty((len(dataset), *shape), dtype=torch.uint8)
+    bad = torch.zeros(len(dataset), dtype=torch.bool)
     i = 0
-    for batch, _ in tqdm(loader, desc=desc, unit="batch", leave=False, disable=not progress):
+    for batch, labels in tqdm(loader, desc=desc, unit="batch", leave=False, disable=not progress):
         images[i : i + len(batch)] = batch
+        bad[i : i + len(batch)] = torch.as_tensor(labels) < 0
         i += len(batch)
-    atomic_write(cache_file, lambda tmp: save_file({"images": images}, str(tmp)))  # a killed decode leaves no half cache
-    return images
+    stored = {"images": images, "bad": bad}
+    atomic_write(cache_file, lambda tmp: save_file(stored, str(tmp)))  # a killed decode leaves no half cache
+    return images, bad

@@ -406,7 +406,7 @@ def _decode_split(ds, labels: torch.Tensor, cfg: DataConfig, split: str, column:
     name = cfg.dataset[len(HF_PREFIX):] + (f"-{Path(cfg.path).name}" if cfg.path else "")
     slug = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_.")[-48:]
     cache_file = cfg.resolved_cache_dir() / "tensors" / f"hf-{slug}-{split}-{fingerprint}.safetensors"
-    images = _decode_once(dataset, cfg, cache_file, (channels, *size), f"decoding {cfg.dataset} [{split}] (once, cached)",
+    images, _ = _decode_once(dataset, cfg, cache_file, (channels, *size), f"decoding {cfg.dataset} [{split}] (once, cached)",
                           progress)
     return ImageSplit(labels, images=images)
 

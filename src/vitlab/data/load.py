@@ -18,9 +18,10 @@ from vitlab.data.hf import load_hf
 
 
 def load_data(cfg: DataConfig, image_size: tuple[int, int] | None = None, seed: int = 0,
-              splits: tuple[str, ...] = ("train", "val"), progress: bool = True) -> ImageData:
+              splits: tuple[str, ...] = ("train", "val"), progress: bool = True, channels: int | None = None) -> ImageData:
     """Load the data set named by ``cfg``; ``image_size`` is the decode size for image folders and hf: sources
-    (decoded once into a cache, with a progress bar unless ``progress`` is False)."""
+    (decoded once into a cache, with a progress bar unless ``progress`` is False); ``channels``: decode image
+    folders as grayscale (1) or RGB (3), default: grayscale only when every sampled image is."""
     name = cfg.dataset.lower().replace("-", "_")
     notes: dict = {}
     stats = None
@@ -35,7 +36,7 @@ def load_data(cfg: DataConfig, image_size: tuple[int, int] | None = None, seed: 
     elif name in ("cifar10", "cifar100"):
         train, test, classes = _load_cifar(cfg, name, splits, progress)
     else:
-        train, test, classes = _load_image_folder(cfg, image_size, splits, progress)
+        train, test, classes = _load_image_folder(cfg, image_size, splits, progress, channels)
 
     if cfg.val_fraction > 0 and "train" in splits:
         train, test, split_notes = _split_off_validation(train, cfg.val_fraction, seed)

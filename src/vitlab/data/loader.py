@@ -38,7 +38,9 @@ def iterate_batches(
     loader = torch.utils.data.DataLoader(split.stream, batch_sampler=[b.tolist() for b in batches],
                                          num_workers=num_workers, persistent_workers=False)
     for images, labels in loader:
-        yield images, torch.as_tensor(labels, dtype=torch.long)
+        labels = torch.as_tensor(labels, dtype=torch.long)
+        keep = labels >= 0  # images that could not be decoded (--data.skip_bad_images) are left out
+        yield (images, labels) if bool(keep.all()) else (images[keep], labels[keep])
 
 
 def num_batches(split: ImageSplit, batch_size: int, world_size: int = 1) -> int:

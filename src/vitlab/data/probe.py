@@ -20,9 +20,13 @@ from vitlab.data.datasets import (
     GRAYSCALE_MODES,
     HF_PREFIX,
     IMAGE_EXTENSIONS,
+    SKIP_HINT,
+    UNREADABLE,
+    BadImageError,
     DataNotFoundError,
     class_names,
     folder_splits,
+    refuse_unusable_classes,
 )
 
 SAMPLE_PER_CLASS = 8
@@ -65,10 +69,14 @@ def probe_data(cfg: DataConfig) -> DataFacts:
                          "or hf:NAME (Hugging Face datasets)")
     train_dir, _ = folder_splits(cfg)
     classes = class_names(train_dir)
-    sizes, modes = _sample_headers(train_dir, classes)
-    if not sizes:
+    sizes, modes, found = _sample_headers(train_dir, classes)
+    if not any(found.values()):
         raise DataNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found in class folders under {train_dir}; "
                                 "expected <folder>/<class name>/<image files>")
+    refuse_unusable_classes(train_dir, classes, found)
+    if not sizes:
+        raise BadImageError(f"none of the images sampled under {train_dir} can be read; check the files ({SKIP_HINT} "
+                            "once the rest are readable)")
     channels = 1 if all(mode in GRAYSCALE_MODES for mode in modes) else 3
     return _facts(len(classes), channels, sizes)
 
@@ -79,20 +87,21 @@ def _facts(num_classes: int, channels: int, sizes: list[tuple[int, int]]) -> Dat
     return DataFacts(num_classes, channels, size, "digits" if small_gray else "crop_flip")
 
 
-def _sample_headers(folder: Path, classes: list[str]) -> tuple[list[tuple[int, int]], list[str]]:
-    """(height, width) and PIL mode of up to SAMPLE_PER_CLASS images per class, read from the file headers."""
+def _sample_headers(folder: Path, classes: list[str]) -> tuple[list[tuple[int, int]], list[str], dict[str, int]]:
+    """(height, width) and PIL mode of up to SAMPLE_PER_CLASS images per class (SAMPLE_MAX in all), read from the
+    file headers, and for every class whether it holds an image (1) or not (0)."""
     from PIL import Image
 
-    sizes, modes = [], []
+    sizes, modes, found = [], [], {}
     for name in classes:
         files = (p for p in sorted((folder / name).rglob("*")) if p.suffix.lower() in IMAGE_EXTENSIONS)
-        for path in itertools.islice(files, SAMPLE_PER_CLASS):
+        taken = list(itertools.islice(files, SAMPLE_PER_CLASS if len(sizes) < SAMPLE_MAX else 1))
+        found[name] = int(bool(taken))
+        for path in taken if len(sizes) < SAMPLE_MAX else []:
             try:
                 with Image.open(path) as im:
                     sizes.append((im.height, im.width))
                     modes.append(im.mode)
-            except OSError:  # an unreadable file: the loader reports it; the sample just skips it
+            except UNREADABLE:  # an unreadable file: the loader reports it; the sample skips it
                 continue
-        if len(sizes) >= SAMPLE_MAX:
-            break
-    return sizes, modes
+    return sizes, modes, found

@@ -30,6 +30,7 @@ def prepare_run_dir(run_dir: Path, cfg: RunConfig, resume: bool) -> None:
     if resume:
         if not config_file.exists():
             raise FileNotFoundError(f"cannot resume: {run_dir} holds no {CONFIG_FILE}; is it a vitlab run directory?")
+        remove_stale_temporaries(run_dir)
         return
     if run_dir.exists() and any(run_dir.iterdir()):
         raise RunExistsError(
@@ -67,3 +68,12 @@ def discard_unstarted_run(run_dir: Path) -> None:
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     path = Path(run_dir) / METRICS_FILE
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+
+def remove_stale_temporaries(run_dir: Path) -> list[Path]:
+    """Temporary files a killed write left (``.NAME.tmp*``, :func:`vitlab.atomic.atomic_write`); only one process
+    writes a run directory, so at its next start they are garbage."""
+    stale = [p for p in run_dir.glob(".*.tmp*") if p.is_file()]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale

@@ -162,7 +162,8 @@ def start_run(cfg: RunConfig, run_dir: Path, resume: bool, data: ImageData | Non
     progress = progress and ctx.is_main
     local_batch_size(tc.batch_size, ctx)  # the global batch must split evenly
     model, notes = build_run_model(cfg, fresh=state is None)  # fine-tuning: the weights are read first
-    data = data or load_data(cfg.data, image_size=cfg.model.img_size, seed=tc.seed, progress=progress)
+    data = data or load_data(cfg.data, image_size=cfg.model.img_size, seed=tc.seed, progress=progress,
+                             channels=cfg.model.in_chans)
     if data.num_classes != cfg.model.num_classes:
         raise ConfigError(f"{data.name} has {data.num_classes} classes but the model's head has {cfg.model.num_classes} "
                           f"(model.num_classes in {run_dir / CONFIG_FILE if resume else 'the configuration'})")
