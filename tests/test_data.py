@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -240,3 +241,55 @@ def test_decoding_an_image_folder_shows_a_bar_only_when_asked(pattern_folder, tm
                                  cache_dir=str(tmp_path / "shown")), image_size=(16, 16))
     assert "decoding" in capfd.readouterr().err
     assert torch.equal(quiet.train.images, shown.train.images)
+
+
+def _anonymous_mib() -> float:
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("RssAnon:")) / 1024
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads RssAnon from /proc (Linux)")
+def test_decoding_writes_through_a_memory_map_not_anonymous_memory(tmp_path):
+    """The store is filled through a map of its file: anonymous memory grows by a batch, not by the data set."""
+    classes = ("circle", "cross", "square")
+    write_pattern_folder(tmp_path / "warm", {"train": 100, "val": 1}, size=128, classes=classes)
+    write_pattern_folder(tmp_path / "big", {"train": 400, "val": 2}, size=128, classes=classes)
+    warm = DataConfig(dataset="imagefolder", path=str(tmp_path / "warm"), num_workers=0, cache_dir=str(tmp_path / "cache"))
+    load_data(warm, image_size=(128, 128), progress=False)  # the decoder's own working memory, reached once
+    cfg = replace(warm, path=str(tmp_path / "big"))
+    before = _anonymous_mib()
+    data = load_data(cfg, image_size=(128, 128), progress=False)
+    grown = _anonymous_mib() - before
+    decoded_mib = data.train.images.numel() / 2**20
+    assert decoded_mib > 55 and int(data.train.images[:, :, 60:68, 60:68].float().mean()) > 0  # really decoded
+    assert grown < decoded_mib / 2, f"anonymous memory grew by {grown:.0f} MiB for {decoded_mib:.0f} MiB of images"
+
+
+def test_processes_racing_on_a_cold_cache_decode_once_and_share_the_store(tmp_path, pattern_folder):
+    """Two processes (as torchrun ranks) start on a cold cache: one decodes, the other waits and reads its store."""
+    import subprocess
+    import sys
+    import textwrap
+
+    log = tmp_path / "decoded.log"
+    script = textwrap.dedent(f"""
+        import hashlib
+        from vitlab.config import DataConfig
+        from vitlab.data import datasets, load_data
+        original = datasets.FolderImages.__getitem__
+        def counted(self, i):
+            with open({str(log)!r}, "a") as f:
+                f.write("x\\n")
+            return original(self, i)
+        datasets.FolderImages.__getitem__ = counted
+        cfg = DataConfig(dataset="imagefolder", path={str(pattern_folder)!r}, num_workers=0,
+                         cache_dir={str(tmp_path / "cache")!r})
+        data = load_data(cfg, image_size=(16, 16), progress=False)
+        print(hashlib.sha256(data.train.images.numpy().tobytes()).hexdigest())
+    """)
+    runs = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    digests = [run.communicate(timeout=120)[0].strip() for run in runs]
+    assert all(run.returncode == 0 for run in runs) and digests[0] == digests[1] and len(digests[0]) == 64
+    images = len(list(pattern_folder.rglob("*.png")))
+    assert len(log.read_text().splitlines()) == images  # every image decoded once, not once per process
+    assert len(list((tmp_path / "cache" / "tensors").glob("*.safetensors"))) == 2  # train and val, one store each

@@ -17,7 +17,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,8 +25,8 @@ from filelock import FileLock
 from PIL import Image
 from torch.utils.data import Dataset
 
-from vitlab.atomic import atomic_write
 from vitlab.config import DATA_DIR_ENV, DataConfig
+from vitlab.data.store import decode_once
 
 log = logging.getLogger(__name__)
 
@@ -419,31 +418,5 @@ def _cached_tensor(dataset: FolderImages, cfg: DataConfig, folder: Path, size, p
     ).hexdigest()[:16]
     cache_file = cfg.resolved_cache_dir() / "tensors" / f"{folder.parent.name}-{folder.name}-{fingerprint}.safetensors"
     channels = 1 if dataset.mode == "L" else 3
-    return _decode_once(dataset, cfg, cache_file, (channels, *size), f"decoding {folder} (once, cached)", progress)
-
-
-def _decode_once(dataset: Dataset, cfg: DataConfig, cache_file: Path, shape: tuple[int, ...], desc: str,
-                 progress: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Read ``cache_file``, or decode every (image, label) of ``dataset`` into a uint8 tensor and write it there
-    atomically: (images, mask of the images that could not be decoded, which the dataset gave label -1)."""
-    from safetensors.torch import load_file, save_file
-
-    if cache_file.exists():
-        try:
-            stored = load_file(str(cache_file))
-            return stored["images"], stored.get("bad", torch.zeros(len(stored["images"]), dtype=torch.bool))
-        except Exception as exc:  # a damaged cache file is rebuilt, not trusted
-            log.warning("ignoring unreadable cache %s (%s)", cache_file, exc)
-    from tqdm.auto import tqdm
-
-    loader = torch.utils.data.DataLoader(dataset, batch_size=256, num_workers=min(cfg.num_workers, os.cpu_count() or 1))
-    images = torch.empty((len(dataset), *shape), dtype=torch.uint8)
-    bad = torch.zeros(len(dataset), dtype=torch.bool)
-    i = 0
-    for batch, labels in tqdm(loader, desc=desc, unit="batch", leave=False, disable=not progress):
-        images[i : i + len(batch)] = batch
-        bad[i : i + len(batch)] = torch.as_tensor(labels) < 0
-        i += len(batch)
-    stored = {"images": images, "bad": bad}
-    atomic_write(cache_file, lambda tmp: save_file(stored, str(tmp)))  # a killed decode leaves no half cache
-    return images, bad
+    return decode_once(dataset, cache_file, (channels, *size), cfg.num_workers, f"decoding {folder} (once, cached)",
+                       progress)

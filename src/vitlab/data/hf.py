@@ -46,10 +46,10 @@ from vitlab.data.datasets import (
     NORMALIZATION,
     DataNotFoundError,
     ImageSplit,
-    _decode_once,
     _split_off_validation,
     resize_and_crop,
 )
+from vitlab.data.store import decode_once
 
 log = logging.getLogger(__name__)
 
@@ -406,8 +406,8 @@ def _decode_split(ds, labels: torch.Tensor, cfg: DataConfig, split: str, column:
     name = cfg.dataset[len(HF_PREFIX):] + (f"-{Path(cfg.path).name}" if cfg.path else "")
     slug = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_.")[-48:]
     cache_file = cfg.resolved_cache_dir() / "tensors" / f"hf-{slug}-{split}-{fingerprint}.safetensors"
-    images, _ = _decode_once(dataset, cfg, cache_file, (channels, *size), f"decoding {cfg.dataset} [{split}] (once, cached)",
-                          progress)
+    images, _ = decode_once(dataset, cache_file, (channels, *size), cfg.num_workers,
+                            f"decoding {cfg.dataset} [{split}] (once, cached)", progress)
     return ImageSplit(labels, images=images)
 
 
