@@ -293,3 +293,19 @@ def test_processes_racing_on_a_cold_cache_decode_once_and_share_the_store(tmp_pa
     images = len(list(pattern_folder.rglob("*.png")))
     assert len(log.read_text().splitlines()) == images  # every image decoded once, not once per process
     assert len(list((tmp_path / "cache" / "tensors").glob("*.safetensors"))) == 2  # train and val, one store each
+
+
+def test_a_subset_decodes_only_the_images_it_takes(pattern_folder, tmp_path, monkeypatch):
+    from vitlab.data import datasets
+
+    whole = load_data(DataConfig(dataset="imagefolder", path=str(pattern_folder), num_workers=0), image_size=(16, 16))
+    decoded = []
+    original = datasets.FolderImages.__getitem__
+    monkeypatch.setattr(datasets.FolderImages, "__getitem__", lambda self, i: decoded.append(i) or original(self, i))
+    cfg = DataConfig(dataset="imagefolder", path=str(pattern_folder), num_workers=0, train_subset=7, val_subset=5,
+                     cache_dir=str(tmp_path / "cache"))
+    part = load_data(cfg, image_size=(16, 16), seed=3)
+    assert len(decoded) == 7 + 5  # not the whole splits
+    same = whole.train.subset(datasets._seeded_perm(len(whole.train), 3)[:7])  # what subsetting after decoding gave
+    assert torch.equal(part.train.images, same.images) and torch.equal(part.train.labels, same.labels)
+    assert torch.equal(part.val.labels, whole.val.subset(datasets._seeded_perm(len(whole.val), 4)[:5]).labels)

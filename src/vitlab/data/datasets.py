@@ -125,6 +125,13 @@ class ImageData:
         return len(self.classes)
 
 
+def take_subset(split: ImageSplit | None, count: int | None, seed: int) -> ImageSplit | None:
+    """The first ``count`` images of a seeded permutation of ``split`` (all of it when ``count`` is None)."""
+    if split is None or count is None:
+        return split
+    return split.subset(_seeded_perm(len(split), seed)[:count])
+
+
 def _seeded_perm(n: int, seed: int) -> torch.Tensor:
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed))
 
@@ -207,7 +214,10 @@ def _load_mnist_like(cfg: DataConfig, name: str, splits: tuple[str, ...]):
 _CIFAR_CLASSES_10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
-def _load_cifar(cfg: DataConfig, name: str, splits: tuple[str, ...], progress: bool):
+def _load_cifar(cfg: DataConfig, name: str, splits: tuple[str, ...], progress: bool, subsets: dict | None = None):
+    """CIFAR from torchvision's archive or a PNG folder; ``subsets`` (split -> (count, seed)): take only those
+    images (a PNG folder then decodes only them)."""
+    subsets = subsets or {}
     from torchvision import datasets
 
     cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
@@ -215,9 +225,10 @@ def _load_cifar(cfg: DataConfig, name: str, splits: tuple[str, ...], progress: b
     pickled = root / cls.base_folder  # cifar-10-batches-py / cifar-100-python (official download)
     png_folder = next((p for p in (root / name, root / name.upper()) if (p / "train").is_dir()), None)
     if png_folder is not None and not pickled.exists():
-        train = _folder_split(png_folder / "train", cfg, None, None, progress) if "train" in splits else None
+        train = _folder_split(png_folder / "train", cfg, None, None, progress, subset=subsets.get("train")) \
+            if "train" in splits else None
         test_dir = png_folder / "test" if (png_folder / "test").is_dir() else png_folder / "val"
-        test = _folder_split(test_dir, cfg, None, None, progress) if "val" in splits else None
+        test = _folder_split(test_dir, cfg, None, None, progress, subset=subsets.get("val")) if "val" in splits else None
         classes = class_names(png_folder / "train")
         return train, test, classes
     if not pickled.exists() and not cfg.download:
@@ -230,7 +241,8 @@ def _load_cifar(cfg: DataConfig, name: str, splits: tuple[str, ...], progress: b
             if split in splits:
                 ds = cls(str(root), train=split == "train", download=not pickled.exists() and cfg.download)
                 images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
-                out[split] = ImageSplit(torch.tensor(ds.targets, dtype=torch.long), images=images)
+                out[split] = take_subset(ImageSplit(torch.tensor(ds.targets, dtype=torch.long), images=images),
+                                         *subsets.get(split, (None, 0)))
         classes = list(ds.classes)
     except (RuntimeError, OSError) as exc:
         raise _missing(name, root, [str(pickled)], f"torchvision said: {exc}.") from exc
@@ -259,7 +271,7 @@ def folder_splits(cfg: DataConfig) -> tuple[Path, Path | None]:
 
 
 def _load_image_folder(cfg: DataConfig, image_size: tuple[int, int] | None, splits: tuple[str, ...], progress: bool,
-                       channels: int | None = None):
+                       channels: int | None = None, subsets: dict | None = None):
     train_dir, val_dir = folder_splits(cfg)
     if image_size is None:
         raise ValueError("image folders are resized to the model's img_size, which was not given")
@@ -267,11 +279,14 @@ def _load_image_folder(cfg: DataConfig, image_size: tuple[int, int] | None, spli
     files, labels = _list_images(train_dir, classes)
     refuse_unusable_classes(train_dir, classes, {name: labels.count(i) for i, name in enumerate(classes)})
     mode = ("L" if channels == 1 else "RGB") if channels else split_mode(files)  # one mode for both splits
-    train = _folder_split(train_dir, cfg, image_size, classes, progress, mode) if "train" in splits else None
+    subsets = subsets or {}
+    train = _folder_split(train_dir, cfg, image_size, classes, progress, mode, subsets.get("train")) \
+        if "train" in splits else None
     if val_dir is None and cfg.val_fraction <= 0:
         raise ValueError(f"{cfg.path} has no validation folder (train/ and val/ sub-folders): set --data.val_fraction "
                          "(e.g. 0.2) to hold out part of the training images")
-    val = _folder_split(val_dir, cfg, image_size, classes, progress, mode) if val_dir is not None and "val" in splits else None
+    val = _folder_split(val_dir, cfg, image_size, classes, progress, mode, subsets.get("val")) \
+        if val_dir is not None and "val" in splits else None
     return train, val, classes
 
 
@@ -366,11 +381,15 @@ def split_mode(files: list[Path], sample: int = 64) -> str:
 
 
 def _folder_split(folder: Path, cfg: DataConfig, image_size, classes: list[str] | None, progress: bool,
-                  mode: str | None = None) -> ImageSplit:
+                  mode: str | None = None, subset: tuple[int | None, int] | None = None) -> ImageSplit:
     """The images of ``folder``'s class folders, decoded in ``mode`` (default: :func:`split_mode`) at ``image_size``
-    (default: the first image's size), cached, or streamed when larger than ``max_cache_gib``."""
+    (default: the first image's size), cached, or streamed when larger than ``max_cache_gib``. ``subset``
+    ``(count, seed)``: only the first ``count`` files of a seeded permutation are decoded."""
     classes = classes or class_names(folder)
     files, labels = _list_images(folder, classes)
+    if subset is not None and subset[0] is not None:
+        index = _seeded_perm(len(files), subset[1])[: subset[0]].tolist()
+        files, labels = [files[i] for i in index], [labels[i] for i in index]
     mode = mode or split_mode(files)
     size = image_size or _first_size(files)
     channels = 1 if mode == "L" else 3

@@ -11,8 +11,8 @@ from vitlab.data.datasets import (
     _load_cifar,
     _load_image_folder,
     _load_mnist_like,
-    _seeded_perm,
     _split_off_validation,
+    take_subset,
 )
 from vitlab.data.hf import load_hf
 
@@ -25,6 +25,8 @@ def load_data(cfg: DataConfig, image_size: tuple[int, int] | None = None, seed: 
     name = cfg.dataset.lower().replace("-", "_")
     notes: dict = {}
     stats = None
+    at_source = cfg.val_fraction <= 0 and name in ("imagefolder", "cifar10", "cifar100")  # decode only what they take
+    subsets = {"train": (cfg.train_subset, seed), "val": (cfg.val_subset, seed + 1)} if at_source else {}
     if cfg.dataset.startswith(HF_PREFIX):
         name = cfg.dataset
         train, test, classes, notes, stats = load_hf(cfg, image_size, splits, seed, progress)
@@ -34,19 +36,17 @@ def load_data(cfg: DataConfig, image_size: tuple[int, int] | None = None, seed: 
     elif name in ("mnist", "fashion_mnist"):
         train, test, classes = _load_mnist_like(cfg, name, splits)
     elif name in ("cifar10", "cifar100"):
-        train, test, classes = _load_cifar(cfg, name, splits, progress)
+        train, test, classes = _load_cifar(cfg, name, splits, progress, subsets)
     else:
-        train, test, classes = _load_image_folder(cfg, image_size, splits, progress, channels)
+        train, test, classes = _load_image_folder(cfg, image_size, splits, progress, channels, subsets)
 
     if cfg.val_fraction > 0 and "train" in splits:
         train, test, split_notes = _split_off_validation(train, cfg.val_fraction, seed)
         notes = {**notes, **split_notes}
     elif test is None:
         raise ValueError(f"{cfg.dataset} has no validation split; set --data.val_fraction (e.g. 0.1)")
-    if cfg.train_subset is not None and train is not None:
-        train = train.subset(_seeded_perm(len(train), seed)[: cfg.train_subset])
-    if cfg.val_subset is not None and test is not None:
-        test = test.subset(_seeded_perm(len(test), seed + 1)[: cfg.val_subset])
+    if not at_source:
+        train, test = take_subset(train, cfg.train_subset, seed), take_subset(test, cfg.val_subset, seed + 1)
 
     sample = train if train is not None else test
     if sample.images is not None:
