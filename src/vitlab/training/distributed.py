@@ -39,6 +39,14 @@ class Distributed:
         dist.all_reduce(stacked, op=dist.ReduceOp.SUM)
         return list(stacked.unbind())
 
+    def sum_tensor(self, tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """``tensor`` (on the CPU) summed over the processes, reduced on ``device`` (NCCL reduces on the GPU)."""
+        if not self.enabled:
+            return tensor
+        reduced = tensor.to(device, dtype=torch.float64)
+        dist.all_reduce(reduced, op=dist.ReduceOp.SUM)
+        return reduced.round().to("cpu", dtype=tensor.dtype)
+
     def barrier(self) -> None:
         if self.enabled:
             dist.barrier()

@@ -354,10 +354,21 @@ def train_step(run: Run, runner: torch.nn.Module, x: torch.Tensor, y: torch.Tens
     return logits, loss
 
 
-def validate(run: Run) -> dict[str, Any]:
-    tc = run.cfg.train
-    return evaluate(run.eval_model, run.val_split, run.eval_preprocess, tc.eval_batch_size, run.device, tc.precision,
-                    run.data.num_classes)
+def validate(run: Run, whole: bool = False) -> dict[str, Any]:
+    """Loss, accuracy and confusion matrix on the validation split. Under torchrun each process evaluates every
+    world_size-th image and the numbers are summed over the processes (per-image predictions: ``whole=True``)."""
+    tc, ctx = run.cfg.train, run.ctx
+    if whole or not ctx.enabled:
+        return evaluate(run.eval_model, run.val_split, run.eval_preprocess, tc.eval_batch_size, run.device, tc.precision,
+                        run.data.num_classes)
+    share = run.val_split.subset(torch.arange(ctx.rank, len(run.val_split), ctx.world_size))
+    val = evaluate(run.eval_model, share, run.eval_preprocess, tc.eval_batch_size, run.device, tc.precision,
+                   run.data.num_classes)
+    confusion = ctx.sum_tensor(val["confusion"], run.device)
+    loss_sum, = ctx.all_sum(torch.tensor(val["loss"] * len(share), device=run.device))
+    seen = int(confusion.sum())
+    return {"loss": loss_sum.item() / max(1, seen), "acc": confusion.diag().sum().item() / max(1, seen),
+            "confusion": confusion}
 
 
 def plan_epochs(run: Run, stats: EpochStats, called: float) -> None:
@@ -427,8 +438,8 @@ def finish_run(run: Run, val: dict[str, Any] | None) -> None:
     """A finished run draws its pictures; TensorBoard and the process group are closed."""
     run.ctx.barrier()
     if run.ctx.is_main and run.history and run.history[-1]["epoch"] == run.cfg.train.epochs:
-        if val is None:  # resumed after the last epoch was saved
-            val = validate(run)
+        if val is None or run.ctx.enabled:  # resumed after the last epoch was saved, or each process saw a share
+            val = validate(run, whole=True)
         from vitlab.insight.run_figures import write_run_figures
 
         write_run_figures(run.run_dir, run.history, run.data.classes, val, run.data.val,
