@@ -94,9 +94,9 @@ def train(cfg: RunConfig | None, run_dir: str | Path, resume: bool = False, prog
                 plan_budget = False
             save_epoch(run, epoch_record(run, epoch, stats, val))
             epoch += 1
-    except BaseException:
+    except Exception:  # a failed start leaves nothing behind (Ctrl-C keeps the directory: --resume starts it again)
         if new_dir and (run is None or not run.history) and int(os.environ.get("RANK", "0")) == 0:
-            discard_unstarted_run(run_dir)  # nothing was trained: leave nothing behind
+            discard_unstarted_run(run_dir)
         raise
     finish_run(run, val)
     return TrainResult(run_dir, run.history, run.best_acc)
