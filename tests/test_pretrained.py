@@ -687,3 +687,33 @@ def test_download_goes_to_the_cache_once(tmp_path: Path, monkeypatch: pytest.Mon
     assert torch.equal(model.pos_embed, source.pos_embed)
     served.unlink()  # a second load reads the cached copy
     assert find_weights_file(entry, download=False) == Path(info.file)
+
+
+@pytest.mark.parametrize("name", sorted(WEIGHTS))
+def test_every_registry_entry_preprocesses_as_its_source_defines(name):
+    """Resize, crop, interpolation, mean and std equal the source library's own configuration for the weights:
+    timm's pretrained_cfg (resize = floor(crop / crop_pct)), torchvision's weights transforms, Hugging Face's
+    ViTImageProcessor defaults (what google/vit-base-patch16-224 ships)."""
+    import math
+
+    entry = WEIGHTS[name]
+    prep = entry.preprocessing
+    if entry.source_format == "timm":
+        timm = pytest.importorskip("timm")
+        cfg = timm.models.get_pretrained_cfg(name).to_dict()
+        crop = cfg["input_size"][1:]
+        expected = (tuple(crop), math.floor(min(crop) / cfg["crop_pct"]), cfg["interpolation"], tuple(cfg["mean"]),
+                    tuple(cfg["std"]))
+    elif entry.source_format == "torchvision":
+        from torchvision.models import ViT_B_16_Weights
+
+        t = ViT_B_16_Weights.IMAGENET1K_V1.transforms()
+        expected = ((t.crop_size[0],) * 2, t.resize_size[0], t.interpolation.value, tuple(t.mean), tuple(t.std))
+    elif entry.source_format == "hf":
+        transformers = pytest.importorskip("transformers")
+        p = transformers.ViTImageProcessor()
+        resample = {2: "bilinear", 3: "bicubic"}[int(p.resample)]
+        expected = ((p.size["height"], p.size["width"]), p.size["height"], resample, tuple(p.image_mean), tuple(p.image_std))
+    else:  # Google's .npz: their input pipeline resizes to the model's size, pixels scaled to [-1, 1]
+        expected = ((224, 224), 224, "bilinear", (0.5,) * 3, (0.5,) * 3)
+    assert (tuple(prep.crop_size), prep.resize_size, prep.interpolation, tuple(prep.mean), tuple(prep.std)) == expected

@@ -100,7 +100,7 @@ _AUGREG = "How to train your ViT? Data, Augmentation, and Regularization in Visi
 _VIT = "An Image is Worth 16x16 Words (Dosovitskiy et al. 2021)"
 _DEIT = "Training data-efficient image transformers & distillation through attention (Touvron et al. 2021)"
 _AUGREG_PREP = Preprocessing(resize_size=248, interpolation="bicubic", mean=INCEPTION_MEAN, std=INCEPTION_STD)
-_DEIT_PREP = Preprocessing(resize_size=256, interpolation="bicubic", mean=IMAGENET_MEAN, std=IMAGENET_STD)
+_DEIT_PREP = Preprocessing(resize_size=248, interpolation="bicubic", mean=IMAGENET_MEAN, std=IMAGENET_STD)  # timm: crop_pct 0.9
 
 def _timm_hub(name: str, config: ViTConfig, prep: Preprocessing, top1: float, params: int, paper: str,
               pretrain: str, library: str = "timm") -> PretrainedWeights:
