@@ -993,3 +993,18 @@ def test_mlp_and_block_shapes() -> None:
         h = x + block.attn(block.norm1(x))
         torch.testing.assert_close(block(x), h + block.mlp(block.norm2(h)), atol=1e-5, rtol=0)
     assert w.shape == (2, 3, 9, 9)
+
+
+@pytest.mark.parametrize("pos_embed", ["learned", "sincos"])
+def test_a_model_built_without_init_loads_to_the_same_function(pos_embed):
+    """ViT.without_init skips drawing random weights that a checkpoint overwrites; loaded, it is the same model."""
+    cfg = ViTConfig(img_size=16, patch_size=4, in_chans=3, num_classes=5, embed_dim=32, depth=2, num_heads=2,
+                    pos_embed=pos_embed, patch_embed="conv_stem")
+    torch.manual_seed(0)
+    source = ViT(cfg).eval()
+    empty = ViT.without_init(cfg)
+    empty.load_state_dict(source.state_dict(), strict=True)
+    x = torch.randn(2, 3, 16, 16)
+    assert torch.equal(empty.eval()(x), source(x))
+    if pos_embed == "sincos":  # the fixed table is computed, not left uninitialised
+        assert torch.equal(empty.pos_embed, source.pos_embed)

@@ -95,10 +95,11 @@ class ResNet18(Baseline):
         super().__init__(cfg, features, 512)
 
 
-def build_model(cfg: ViTConfig, arch: str = "vit") -> nn.Module:
-    """The ViT of ``cfg``, or a convolutional baseline for the same input and classes."""
+def build_model(cfg: ViTConfig, arch: str = "vit", init: bool = True) -> nn.Module:
+    """The ViT of ``cfg``, or a convolutional baseline for the same input and classes. ``init=False``: a ViT
+    without random initialisation, for a checkpoint to be loaded into."""
     if arch == "vit":
-        return ViT(cfg)
+        return ViT(cfg) if init else ViT.without_init(cfg)
     if arch == "cnn":
         return SmallCNN(cfg)
     if arch == "resnet18":

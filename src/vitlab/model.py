@@ -387,9 +387,7 @@ class ViT(nn.Module):
         if cfg.pos_embed == "learned":
             self.pos_embed = nn.Parameter(torch.zeros(1, num_tokens, cfg.embed_dim))
         elif cfg.pos_embed == "sincos":  # fixed, so a buffer rebuilt from the config, not saved
-            table = sincos_pos_embed_2d(cfg.grid_size, cfg.embed_dim)
-            table = torch.cat([torch.zeros(self.num_prefix_tokens, cfg.embed_dim), table])  # CLS slot: zeros
-            self.register_buffer("pos_embed", table.unsqueeze(0), persistent=False)
+            self.register_buffer("pos_embed", self._sincos_table(), persistent=False)
         else:
             self.pos_embed = None
         self.pos_drop = nn.Dropout(cfg.drop_rate)
@@ -400,6 +398,23 @@ class ViT(nn.Module):
         self.head_drop = nn.Dropout(cfg.drop_rate)
         self.head = nn.Linear(cfg.embed_dim, cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
         self.init_weights()
+
+    def _sincos_table(self) -> torch.Tensor:
+        """The fixed 2-D sin-cos position table (1, prefix + patches, D); the CLS slot is zeros."""
+        table = sincos_pos_embed_2d(self.cfg.grid_size, self.cfg.embed_dim)
+        return torch.cat([torch.zeros(self.num_prefix_tokens, self.cfg.embed_dim), table]).unsqueeze(0)
+
+    @classmethod
+    def without_init(cls, cfg: ViTConfig, device: str | torch.device = "cpu") -> ViT:
+        """The architecture with uninitialised weights, for a checkpoint to be loaded into: built on the meta device
+        (no time spent drawing random weights that would be overwritten), then given memory on ``device``; the fixed
+        sin-cos table is computed. Load every parameter into it (``load_state_dict(strict=True)``)."""
+        with torch.device("meta"):
+            model = cls(cfg)
+        model = model.to_empty(device=device)
+        if cfg.pos_embed == "sincos":
+            model.register_buffer("pos_embed", model._sincos_table().to(device), persistent=False)
+        return model
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> ViT:

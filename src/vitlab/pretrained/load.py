@@ -269,7 +269,7 @@ def load_pretrained(
         cfg = new
     cfg = replace(cfg, **config_overrides)
 
-    model = ViT(cfg)
+    model = ViT.without_init(cfg)  # every tensor is loaded below (strictly), so no random initialisation
     replace_head = num_classes is not None and num_classes != cfg.num_classes
     if replace_head:
         for key in ("head.weight", "head.bias"):

@@ -72,7 +72,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
     """Rebuild the model described by the checkpoint and load its weights (strictly)."""
     path = _checkpoint_path(path)
     info = read_checkpoint_info(path)
-    model = build_model(ViTConfig(**info["model"]), info.get("arch", "vit"))
+    model = build_model(ViTConfig(**info["model"]), info.get("arch", "vit"), init=False)  # loaded strictly below
     try:
         state = load_file(str(path), device=str(device))
     except (SafetensorError, OSError) as exc:
