@@ -143,3 +143,18 @@ def test_kill_and_resume_matches_an_uninterrupted_run(pattern_folder, tmp_path):
         assert torch.equal(a, b), name
     lines = (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["epoch"] for x in lines] == [1, 2, 3, 4]
+
+
+def test_commands_that_compute_take_threads(capsys):
+    threads = torch.get_num_threads()
+    try:
+        assert main(["predict", "nope", "x.png", "--threads", "0"]) == 2
+        assert "--threads must be at least 1" in capsys.readouterr().err
+        for command in ("eval", "predict", "attention", "inspect", "report", "export"):
+            with pytest.raises(SystemExit):
+                main([command, "--help"])
+            assert "--threads" in capsys.readouterr().out, command
+        main(["predict", "missing-checkpoint", "x.png", "--threads", "1"])
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)

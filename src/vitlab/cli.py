@@ -56,6 +56,19 @@ def _resume_epochs(argv: list[str], args) -> int | None:
     return args.train.epochs if "--train.epochs" in settings else None
 
 
+def parse_with_threads(parser: ArgumentParser, argv: list[str]):
+    """``parser``'s arguments plus ``--threads N`` (CPU threads for PyTorch), applied before any work."""
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch (default: PyTorch's choice)")
+    args = parser.parse_args(argv)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be at least 1, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
+    return args
+
+
 def _finish(result) -> int:
     final = result.final
     if final and os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 reports
@@ -96,7 +109,7 @@ def cmd_eval(argv: list[str]) -> int:
                         help="test-time augmentation: flip averages each image's and its mirror image's predictions "
                              "(for models trained with flips)")
     parser.add_argument("--out", default=None, help="write metrics.json, per_class.csv and confusion.csv here")
-    args = parser.parse_args(argv)
+    args = parse_with_threads(parser, argv)
     report = evaluate_checkpoint(args.checkpoint, split=args.split, data_dir=args.data_dir, data_path=args.data_path,
                                  batch_size=args.batch_size, device=args.device, tta=args.tta)
     print(report.as_text())
@@ -116,7 +129,7 @@ def cmd_predict(argv: list[str]) -> int:
     parser.add_argument("--topk", type=int, default=5)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
-    args = parser.parse_args(argv)
+    args = parse_with_threads(parser, argv)
     results = predict_files(args.checkpoint, args.images, topk=args.topk, device=args.device)
     failed = [item for item in results if "error" in item]
     if args.json:
@@ -153,7 +166,7 @@ def cmd_attention(argv: list[str]) -> int:
                         help="fraction of the weakest attention weights dropped per layer before rollout")
     parser.add_argument("--topk", type=int, default=3)
     parser.add_argument("--device", default="auto")
-    args = parser.parse_args(argv)
+    args = parse_with_threads(parser, argv)
     model, info = load_model(args.model, device=resolve_device(args.device))
     for item in write_attention_overlays(model, info, args.images, args.out, args.head_fusion, args.discard_ratio,
                                          args.topk):
@@ -178,7 +191,7 @@ def cmd_inspect(argv: list[str]) -> int:
     parser.add_argument("--num_images", "--num-images", type=int, default=128,
                         help="validation images used for the attention distance (the paper uses 128)")
     parser.add_argument("--device", default="auto")
-    args = parser.parse_args(argv)
+    args = parse_with_threads(parser, argv)
     device = resolve_device(args.device)
     model, info = load_model(args.model, device=device)
     images = None
@@ -210,7 +223,7 @@ def cmd_report(argv: list[str]) -> int:
     parser.add_argument("--out", default=None, help="HTML file to write (default RUN_DIR/report.html)")
     parser.add_argument("--attention_images", "--attention-images", type=int, default=4,
                         help="validation images shown with attention overlays")
-    args = parser.parse_args(argv)
+    args = parse_with_threads(parser, argv)
     print(f"written {build_report(args.run_dir, args.out, args.attention_images)}")
     return 0
 
@@ -230,7 +243,7 @@ def cmd_export(argv: list[str]) -> int:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing file")
     parser.add_argument("--no_check", "--no-check", action="store_true",
                         help="skip running the exported model once against PyTorch")
-    args = parser.parse_args(argv)
+    args = parse_with_threads(parser, argv)
     model, info = load_model(args.model)
     source = Path(args.model)
     stem = source.stem if source.is_file() else (source.name if source.is_dir() else str(args.model).replace("/", "_"))
