@@ -262,6 +262,30 @@ def cmd_export(argv: list[str]) -> int:
     return 0
 
 
+def cmd_push(argv: list[str]) -> int:
+    import tempfile
+
+    from vitlab.hub import push, write_hub_folder
+
+    parser = ArgumentParser(prog="vitlab push", description="A run's best model as a Hugging Face Hub folder that timm "
+                            "loads (config.json, model.safetensors, README.md model card): written to --dir, and/or "
+                            "uploaded to --repo user/name (needs `huggingface-cli login`).")
+    parser.add_argument("run", help="a run directory (its best checkpoint) or a checkpoint file")
+    parser.add_argument("--dir", default=None, help="write the folder here (created; never overwritten without --overwrite)")
+    parser.add_argument("--repo", default=None, help="upload to this Hub repository (user/name)")
+    parser.add_argument("--private", action="store_true", help="create the repository private")
+    parser.add_argument("--overwrite", action="store_true", help="replace the files in a non-empty --dir")
+    args = parser.parse_args(argv)
+    if not args.dir and not args.repo:
+        raise ValueError("vitlab push needs --dir DIR (write the folder) and/or --repo user/name (upload it)")
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = write_hub_folder(args.run, args.dir or Path(tmp) / "hub", overwrite=args.overwrite)
+        print(f"written {folder} (config.json, model.safetensors, README.md)")
+        if args.repo:
+            print(f"uploaded: {push(folder, args.repo, private=args.private)}")
+    return 0
+
+
 def cmd_sweep(argv: list[str]) -> int:
     import shlex
 
@@ -337,7 +361,7 @@ def cmd_presets(argv: list[str]) -> int:
 
 COMMANDS = {"train": cmd_train, "finetune": cmd_finetune, "weights": cmd_weights,
             "eval": cmd_eval, "predict": cmd_predict, "attention": cmd_attention, "inspect": cmd_inspect,
-            "report": cmd_report, "export": cmd_export, "sweep": cmd_sweep, "compare": cmd_compare, "info": cmd_info,
+            "report": cmd_report, "export": cmd_export, "push": cmd_push, "sweep": cmd_sweep, "compare": cmd_compare, "info": cmd_info,
             "presets": cmd_presets}
 
 USAGE = """usage: vitlab COMMAND [options]
@@ -352,6 +376,7 @@ commands:
   inspect   the ViT paper's figures for a model: filters, position similarity, attention distance
   report    one self-contained HTML page about a run
   export    ONNX, TorchScript or torch.export program with a dynamic batch size
+  push      a run's model as a Hugging Face Hub folder that timm loads (--dir, --repo user/name)
   sweep     train every configuration x seed of a sweep file; results table and plots (resumable)
   compare   one table of hand-picked runs: the settings that differ, accuracy over seeds, cost
   info      architecture, parameter count and FLOPs of a preset

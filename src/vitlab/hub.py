@@ -1,0 +1,139 @@
+"""A trained model as a Hugging Face Hub folder that timm loads: ``config.json``, ``model.safetensors``, ``README.md``.
+
+``config.json`` follows timm's layout (``architecture`` + ``model_args`` + ``pretrained_cfg`` with the
+preprocessing, ``label_names``), so ``timm.create_model("local-dir:DIR", pretrained=True)`` (or ``hf-hub:user/name``
+once uploaded) rebuilds the same network; vitlab's own description rides along under ``"vitlab"``. The weights
+keep their names, which are timm's. Models timm cannot build (a convolutional stem, sin-cos positions, the
+manual patch embedding) are written for vitlab only, and the card says so.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vitlab.atomic import atomic_write, atomic_write_text
+from vitlab.model import ViT, ViTConfig
+from vitlab.training.checkpoint import load_checkpoint, load_state_dict_checked
+
+TIMM_ARCHITECTURE = "vit_base_patch16_224"  # any ViT name: model_args give the real sizes
+
+
+def timm_incompatibility(cfg: ViTConfig) -> str | None:
+    """Why timm's VisionTransformer cannot hold this model, or None."""
+    if cfg.patch_embed != "conv":
+        return f"patch_embed={cfg.patch_embed!r} (timm has the strided-convolution patch embedding only)"
+    if cfg.pos_embed == "sincos":
+        return "pos_embed='sincos' (timm's VisionTransformer learns its position embedding)"
+    return None
+
+
+def timm_config(cfg: ViTConfig, classes: list[str], preprocessing: dict[str, Any]) -> dict[str, Any]:
+    """timm's config.json for this architecture and its preprocessing."""
+    crop = preprocessing.get("crop_pct", 1.0)
+    return {
+        "architecture": TIMM_ARCHITECTURE,
+        "num_classes": cfg.num_classes,
+        "num_features": cfg.embed_dim,
+        "global_pool": "token" if cfg.pool == "cls" else "avg",
+        "label_names": list(classes),
+        "model_args": {
+            "img_size": list(cfg.img_size), "patch_size": list(cfg.patch_size), "in_chans": cfg.in_chans,
+            "embed_dim": cfg.embed_dim, "depth": cfg.depth, "num_heads": cfg.num_heads, "mlp_ratio": cfg.mlp_ratio,
+            "qkv_bias": cfg.qkv_bias, "class_token": cfg.class_token, "no_embed_class": False,
+            "global_pool": "token" if cfg.pool == "cls" else "avg", "fc_norm": False,  # vitlab: norm, then pool
+            "pos_embed": "learn" if cfg.pos_embed == "learned" else "none",
+        },
+        "pretrained_cfg": {
+            "input_size": [cfg.in_chans, *cfg.img_size], "fixed_input_size": True,
+            "interpolation": preprocessing.get("interpolation", "bicubic"), "crop_pct": crop, "crop_mode": "center",
+            "mean": list(preprocessing["mean"]), "std": list(preprocessing["std"]), "num_classes": cfg.num_classes,
+            "first_conv": "patch_embed.proj", "classifier": "head",
+        },
+    }
+
+
+def write_hub_folder(source: str | Path, out: str | Path, overwrite: bool = False) -> Path:
+    """The Hub folder of a vitlab checkpoint or run directory (its best checkpoint)."""
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(f"{out} already exists and is not empty; choose another --dir or pass --overwrite")
+    model, info = load_checkpoint(source)
+    if not isinstance(model, ViT):
+        raise ValueError(f"{source} holds a {type(model).__name__} baseline; only ViTs are written as Hub folders")
+    cfg, why_not = model.cfg, timm_incompatibility(model.cfg)
+    config = timm_config(cfg, info["classes"], info["preprocessing"]) if why_not is None else {}
+    config["vitlab"] = {key: info[key] for key in ("model", "classes", "preprocessing", "run_config", "metrics", "epoch")
+                        if key in info}
+    from safetensors.torch import save_file
+
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    atomic_write(out / "model.safetensors", lambda tmp: save_file(state, str(tmp), metadata={"format": "pt"}))
+    atomic_write_text(out / "config.json", json.dumps(config, indent=2) + "\n")
+    atomic_write_text(out / "README.md", model_card(source, info, why_not))
+    return out
+
+
+def model_card(source: str | Path, info: dict[str, Any], why_not: str | None) -> str:
+    """A README.md from the run: data, recipe, result, how to load it."""
+    run = info.get("run_config", {})
+    data, train, ft = run.get("data", {}), run.get("train", {}), run.get("finetune")
+    metrics = info.get("metrics", {})
+    load = ("```python\nimport timm\nmodel = timm.create_model(\"hf-hub:USER/NAME\", pretrained=True)  # or local-dir:DIR\n```"
+            if why_not is None else f"timm cannot build this model ({why_not}); load it with vitlab.")
+    lines = [
+        "---", "library_name: timm" if why_not is None else "library_name: vitlab", "tags: [image-classification, vitlab]",
+        "---", "", f"# {Path(str(source)).name}", "",
+        f"A Vision Transformer trained with [vitlab](https://github.com/) on `{data.get('dataset')}`"
+        + (f" from `{ft['pretrained']}` ({ft['mode']} fine-tuning)" if ft else " from scratch") + ".", "",
+        f"- classes: {len(info.get('classes', []))} ({', '.join(map(str, info.get('classes', [])[:10]))}"
+        f"{', ...' if len(info.get('classes', [])) > 10 else ''})",
+        f"- validation accuracy: {metrics.get('val_acc', float('nan')):.4f} after epoch {info.get('epoch')}",
+        f"- recipe: {train.get('epochs')} epochs, {train.get('optimizer')} lr {train.get('lr')}, batch {train.get('batch_size')}, "
+        f"augmentation {data.get('augment')}",
+        f"- preprocessing: {json.dumps(info.get('preprocessing', {}))}",
+        "", "## Load", "", load, "", "```python\nimport vitlab\nvitlab.predict(\"DIR\", [\"photo.jpg\"])\n```", "",
+        "The full configuration is under `vitlab` in config.json; `vitlab train --config` takes its `run_config`.",
+    ]
+    if ft:
+        lines += ["", f"Pretrained weights: `{ft['pretrained']}`; their licence applies to this model too."]
+    return "\n".join(lines) + "\n"
+
+
+def is_hub_folder(path: str | Path) -> bool:
+    path = Path(path)
+    return path.is_dir() and (path / "config.json").is_file() and (path / "model.safetensors").is_file()
+
+
+def load_hub_folder(path: str | Path, device: str | torch.device = "cpu") -> tuple[ViT, dict[str, Any]]:
+    """A folder written by :func:`write_hub_folder` (or downloaded from the Hub) as (model, info)."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    described = json.loads((path / "config.json").read_text()).get("vitlab")
+    if not described:
+        raise ValueError(f"{path}/config.json has no 'vitlab' section; load a timm folder with vitlab's "
+                         "pretrained loader (a weights file) instead")
+    model = ViT.without_init(ViTConfig(**described["model"]))
+    load_state_dict_checked(model, load_file(str(path / "model.safetensors")), source=str(path))
+    return model.to(device).eval(), described
+
+
+def download(repo: str) -> Path:
+    """``hf-hub:user/name`` (or ``user/name``) into Hugging Face's cache; the local folder."""
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(repo.removeprefix("hf-hub:"), allow_patterns=["config.json", "model.safetensors",
+                                                                               "README.md"]))
+
+
+def push(folder: str | Path, repo: str, private: bool = False) -> str:
+    """Upload a Hub folder to ``repo`` (``user/name``); returns the commit URL."""
+    from huggingface_hub import HfApi
+
+    api = HfApi()
+    api.create_repo(repo, private=private, exist_ok=True)
+    return str(api.upload_folder(folder_path=str(folder), repo_id=repo, commit_message="vitlab push"))

@@ -1,0 +1,66 @@
+"""`vitlab push`: a run as a Hub folder that timm loads with the same logits, and that vitlab loads back."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from vitlab.cli import main
+from vitlab.hub import load_hub_folder
+from vitlab.training import load_checkpoint
+
+TINY = ["--model.embed_dim", "32", "--model.depth", "2", "--model.num_heads", "2", "--data.num_workers", "0",
+        "--train.epochs", "1", "--quiet", "--model.img_size", "16", "--model.patch_size", "4"]
+
+
+def trained(folder, run, *extra):
+    assert main(["train", "--data.dataset", "imagefolder", "--data.path", str(folder), *TINY, "--run_dir", str(run),
+                 *extra]) == 0
+    return run
+
+
+@pytest.mark.parametrize("pool", ["cls", "gap"])
+def test_a_pushed_folder_loads_in_timm_and_vitlab_with_the_same_logits(pattern_folder, tmp_path, pool):
+    timm = pytest.importorskip("timm")
+    flags = ["--preset", "mnist", "--model.in_chans", "3"] + (["--model.pool", "gap", "--model.class_token", "false"]
+                                                               if pool == "gap" else [])
+    run = trained(pattern_folder, tmp_path / "run", *flags)
+    out = tmp_path / "hub"
+    assert main(["push", str(run), "--dir", str(out)]) == 0
+    assert {p.name for p in out.iterdir()} == {"config.json", "model.safetensors", "README.md"}
+    config = json.loads((out / "config.json").read_text())
+    assert config["label_names"] == ["circle", "cross", "stripes"] and config["pretrained_cfg"]["mean"] == [0.485, 0.456, 0.406]
+    ours, _ = load_checkpoint(run)
+    theirs = timm.create_model(f"local-dir:{out}", pretrained=True).eval()
+    again, info = load_hub_folder(out)
+    x = torch.randn(4, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(theirs(x), ours(x), atol=1e-5, rtol=1e-5)
+        assert torch.equal(again(x), ours(x))
+    assert info["classes"] == ["circle", "cross", "stripes"]
+    assert "validation accuracy" in (out / "README.md").read_text()
+    image = next((pattern_folder / "val" / "cross").iterdir())
+    assert main(["predict", str(out), str(image), "--topk", "1"]) == 0  # vitlab predicts from the folder too
+    assert main(["push", str(run), "--dir", str(out)]) == 2  # never overwritten silently
+
+
+def test_a_model_timm_cannot_build_is_written_for_vitlab_only(pattern_folder, tmp_path):
+    run = trained(pattern_folder, tmp_path / "run", "--preset", "mnist", "--model.in_chans", "3", "--model.patch_embed",
+                  "conv_stem")
+    out = tmp_path / "hub"
+    assert main(["push", str(run), "--dir", str(out)]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert "architecture" not in config and config["vitlab"]["model"]["patch_embed"] == "conv_stem"
+    assert "timm cannot build this model" in (out / "README.md").read_text()
+    model, _ = load_hub_folder(out)
+    ours, _ = load_checkpoint(run)
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(model(x), ours(x))
+
+
+def test_push_needs_a_destination(pattern_folder, tmp_path, capsys):
+    assert main(["push", str(tmp_path)]) == 2
+    assert "--dir DIR" in capsys.readouterr().err
