@@ -64,3 +64,16 @@ def test_a_model_timm_cannot_build_is_written_for_vitlab_only(pattern_folder, tm
 def test_push_needs_a_destination(pattern_folder, tmp_path, capsys):
     assert main(["push", str(tmp_path)]) == 2
     assert "--dir DIR" in capsys.readouterr().err
+
+
+def test_an_upload_that_cannot_happen_is_one_message_and_keeps_the_folder(pattern_folder, tmp_path, monkeypatch, capsys):
+    """huggingface_hub's own offline mode refuses the upload: the folder written with --dir stays, one clear line."""
+    hub_constants = pytest.importorskip("huggingface_hub.constants")
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    run = trained(pattern_folder, tmp_path / "run", "--preset", "mnist", "--model.in_chans", "3")
+    out = tmp_path / "hub"
+    assert main(["push", str(run), "--dir", str(out), "--repo", "someone/vit-test"]) == 2
+    err = capsys.readouterr().err
+    assert "could not upload to the Hub repository someone/vit-test" in err and "Traceback" not in err
+    assert (out / "model.safetensors").is_file() and (out / "config.json").is_file()

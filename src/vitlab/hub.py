@@ -135,5 +135,10 @@ def push(folder: str | Path, repo: str, private: bool = False) -> str:
     from huggingface_hub import HfApi
 
     api = HfApi()
-    api.create_repo(repo, private=private, exist_ok=True)
-    return str(api.upload_folder(folder_path=str(folder), repo_id=repo, commit_message="vitlab push"))
+    try:
+        api.create_repo(repo, private=private, exist_ok=True)
+        return str(api.upload_folder(folder_path=str(folder), repo_id=repo, commit_message="vitlab push"))
+    except Exception as exc:  # offline, not logged in, no rights: one message, the folder is kept where --dir put it
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise OSError(f"could not upload to the Hub repository {repo} ({type(exc).__name__}: {first}); check "
+                      "`huggingface-cli login` and the network, or write the folder with --dir and upload it later") from exc
