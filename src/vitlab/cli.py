@@ -16,7 +16,7 @@ from pathlib import Path
 
 from jsonargparse import ArgumentParser
 
-from vitlab.flags import ALIASES, budget_overrides_epochs, parse_finetune_flags, parse_train_flags, train_parser
+from vitlab.flags import budget_overrides_epochs, given_flags, parse_finetune_flags, parse_train_flags, train_parser
 from vitlab.presets import MODEL_ALIASES, MODEL_PRESETS, RUN_PRESETS
 
 __all__ = ["COMMANDS", "budget_overrides_epochs", "main", "parse_train_flags", "train_parser"]
@@ -46,7 +46,7 @@ def cmd_finetune(argv: list[str]) -> int:
 
 def _resume_epochs(argv: list[str], args) -> int | None:
     """``--resume RUN_DIR`` takes the run's own config.yaml; only ``--train.epochs N`` may come with it (train longer)."""
-    flags = [ALIASES.get(a.split("=")[0], a.split("=")[0]) for a in argv if a.startswith("-")]
+    flags = given_flags(argv)
     settings = [f for f in flags if f.startswith(("--model", "--data", "--train", "--config", "--preset", "--arch",
                                                    "--finetune", "--pretrained", "--dataset", "--mode"))]
     if [f for f in settings if f != "--train.epochs"]:

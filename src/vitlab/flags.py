@@ -202,9 +202,14 @@ def _peek_preset(argv: list[str]) -> str:
     return preset if preset in RUN_PRESETS else DEFAULT_PRESET
 
 
+def given_flags(argv: list[str]) -> list[str]:
+    """The flags on a command line, aliases spelled out (``--epochs=3`` -> ``--train.epochs``)."""
+    return [ALIASES.get(a.split("=")[0], a.split("=")[0]) for a in argv if a.startswith("-")]
+
+
 def budget_overrides_epochs(argv: list[str], cfg: RunConfig) -> str | None:
     """A note for ``--train.epochs N`` given while the run has a time budget, which plans the epochs instead."""
-    flags = [ALIASES.get(a.split("=")[0], a.split("=")[0]) for a in argv]
+    flags = given_flags(argv)
     if "--train.epochs" not in flags or cfg.train.time_budget_s is None:
         return None
     source = "--train.time_budget_s" if "--train.time_budget_s" in flags else "the preset or config file"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 from pathlib import Path
 
 import torch
@@ -11,6 +10,7 @@ from vitlab.data import Preprocess
 from vitlab.data.datasets import BadImageError, open_image, resize_and_crop
 from vitlab.device import resolve_device
 from vitlab.hub import download, is_hub_folder, load_hub_folder
+from vitlab.names import did_you_mean
 from vitlab.training.checkpoint import load_checkpoint
 
 
@@ -46,9 +46,7 @@ def load_model(source: str | Path, device: str | torch.device = "cpu") -> tuple[
         from vitlab.pretrained.registry import WEIGHT_ALIASES
 
         if not Path(source).exists() and registry_entry_for(str(source)) is None:
-            names = [*WEIGHTS, *WEIGHT_ALIASES]
-            close = difflib.get_close_matches(str(source), names, n=3, cutoff=0.6)
-            hint = f"did you mean {' or '.join(close)}? " if close else ""
+            hint = did_you_mean(str(source), [*WEIGHTS, *WEIGHT_ALIASES], cutoff=0.6)
             raise CheckpointError(f"{source} does not exist as a checkpoint or run directory and is not a registry name "
                                   f"of pretrained weights; {hint}`vitlab weights` lists the names") from checkpoint_error
         try:

@@ -6,11 +6,11 @@ schedule, so ``vitlab train --preset NAME`` reproduces a documented result.
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import replace
 
 from vitlab.config import DataConfig, FinetuneConfig, RunConfig, TrainConfig
 from vitlab.model import MODEL_ALIASES, MODEL_PRESETS, ViTConfig, model_config
+from vitlab.names import did_you_mean
 
 __all__ = ["FINETUNE_AUGMENT", "FINETUNE_BASE", "MODEL_ALIASES", "MODEL_PRESETS", "RUN_PRESETS", "model_config", "run_config"]
 
@@ -121,7 +121,6 @@ FINETUNE_AUGMENT = {"mnist": "digits", "fashion_mnist": "flip", "cifar10": "crop
 def run_config(name: str) -> RunConfig:
     """The named training recipe (frozen: change it with ``dataclasses.replace``)."""
     if name not in RUN_PRESETS:
-        close = difflib.get_close_matches(name, RUN_PRESETS, n=3, cutoff=0.5)
-        hint = f"did you mean {' or '.join(close)}? " if close else ""
-        raise KeyError(f"unknown run preset {name!r}; {hint}choose one of {sorted(RUN_PRESETS)} (`vitlab presets`)")
+        raise KeyError(f"unknown run preset {name!r}; {did_you_mean(name, RUN_PRESETS)}choose one of "
+                       f"{sorted(RUN_PRESETS)} (`vitlab presets`)")
     return RUN_PRESETS[name]

@@ -13,7 +13,6 @@ allows, is made here too (:func:`with_planned_epochs`).
 
 from __future__ import annotations
 
-import difflib
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import fields, replace
@@ -26,6 +25,7 @@ import yaml
 from vitlab.config import DataConfig, FinetuneConfig, RunConfig, TrainConfig
 from vitlab.data.probe import BUILTIN_FACTS, DataFacts, probe_data
 from vitlab.model import ViTConfig, model_config
+from vitlab.names import did_you_mean
 from vitlab.presets import FINETUNE_AUGMENT, FINETUNE_BASE, RUN_PRESETS, run_config
 
 DEFAULT_PRESET = "mnist"
@@ -371,5 +371,5 @@ def device_problem(name: str) -> str | None:
 
 
 def _did_you_mean(name: str, choices: Sequence[str], prefix: str = "") -> str:
-    close = difflib.get_close_matches(name, list(choices), n=2, cutoff=0.6)
-    return f"; did you mean {' or '.join(prefix + c for c in close)}?" if close else ""
+    hint = did_you_mean(name, choices, prefix, cutoff=0.6)
+    return f"; {hint.strip()}" if hint else ""

@@ -10,7 +10,6 @@ or ``torch.load(weights_only=True)``; a pickle that needs more is refused.
 
 from __future__ import annotations
 
-import difflib
 import json
 import os
 import pickle
@@ -22,6 +21,7 @@ import numpy as np
 import torch
 
 from vitlab.model import ViT, ViTConfig
+from vitlab.names import did_you_mean
 from vitlab.pretrained.convert import convert, infer_config
 from vitlab.pretrained.registry import (
     IMAGENET_MEAN,
@@ -215,8 +215,7 @@ def load_pretrained(
     elif entry is not None:
         path = find_weights_file(entry, download=download)
     else:
-        close = difflib.get_close_matches(source, [*WEIGHTS, *WEIGHT_ALIASES], n=3, cutoff=0.5)
-        hint = f"did you mean {' or '.join(close)}? " if close else ""
+        hint = did_you_mean(source, [*WEIGHTS, *WEIGHT_ALIASES])
         raise WeightsError(f"{source!r} is neither a registry name nor an existing file; {hint}known names: {sorted(WEIGHTS)} "
                            f"(short: {sorted(WEIGHT_ALIASES)}; `vitlab weights` lists them)")
 

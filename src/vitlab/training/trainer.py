@@ -15,7 +15,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-import yaml
 from tqdm.auto import tqdm
 
 from vitlab.baselines import build_model, model_flops
@@ -23,7 +22,7 @@ from vitlab.config import FinetuneConfig, RunConfig, TrainConfig
 from vitlab.data import ImageData, ImageSplit, Preprocess, iterate_batches, load_data, num_batches
 from vitlab.device import autocast_context, resolve_device
 from vitlab.model import ViT
-from vitlab.resolve import ConfigError, resolve_config, resumed_config, with_planned_epochs
+from vitlab.resolve import ConfigError, resolve_config, with_planned_epochs
 from vitlab.training.budget import WARM_STEPS, epoch_seconds, planned_epochs
 from vitlab.training.checkpoint import RESUME_FILE, load_resume_state, save_checkpoint, save_resume_state
 from vitlab.training.distributed import Distributed, local_batch_size, setup_distributed
@@ -136,10 +135,9 @@ class Run:
 
 def resumed_run_config(run_dir: Path, epochs: int | None) -> RunConfig:
     """The configuration a run directory was started with, checked; ``epochs``: train it that long in all."""
-    config_file = run_dir / CONFIG_FILE
-    if not config_file.exists():
+    if not (run_dir / CONFIG_FILE).exists():
         raise FileNotFoundError(f"cannot resume: {run_dir} holds no {CONFIG_FILE}; is it a vitlab run directory?")
-    cfg = resumed_config(yaml.safe_load(config_file.read_text()) or {}, str(config_file))
+    cfg = read_run_config(run_dir)
     if epochs is None or epochs == cfg.train.epochs:
         return cfg
     done = len(read_metrics(run_dir))
