@@ -158,3 +158,21 @@ def test_commands_that_compute_take_threads(capsys):
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(threads)
+
+
+def test_a_long_command_shows_its_steps():
+    import io
+
+    from vitlab.progress import steps
+
+    out = io.StringIO()
+    with steps("vitlab report", 3, enabled=True, file=out) as step:
+        step("loading")
+        step("evaluating")
+        step("writing")
+    shown = out.getvalue()
+    assert "vitlab report" in shown and "evaluating" in shown and "3/3" in shown
+    quiet = io.StringIO()
+    with steps("vitlab report", 3, file=quiet) as step:  # not a terminal: nothing
+        step("loading")
+    assert quiet.getvalue() == ""

@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from vitlab import ViT
 from vitlab.cli import main
 from vitlab.hub import load_hub_folder
 from vitlab.training import load_checkpoint
@@ -29,7 +30,8 @@ def test_a_pushed_folder_loads_in_timm_and_vitlab_with_the_same_logits(pattern_f
     run = trained(pattern_folder, tmp_path / "run", *flags)
     out = tmp_path / "hub"
     assert main(["push", str(run), "--dir", str(out)]) == 0
-    assert {p.name for p in out.iterdir()} == {"config.json", "model.safetensors", "README.md"}
+    assert {p.name for p in out.iterdir()} == {"config.json", "model.safetensors", "README.md", "run_config.yaml",
+                                               "curves.png", "confusion.png"}
     config = json.loads((out / "config.json").read_text())
     assert config["label_names"] == ["circle", "cross", "stripes"] and config["pretrained_cfg"]["mean"] == [0.485, 0.456, 0.406]
     ours, _ = load_checkpoint(run)
@@ -77,3 +79,56 @@ def test_an_upload_that_cannot_happen_is_one_message_and_keeps_the_folder(patter
     err = capsys.readouterr().err
     assert "could not upload to the Hub repository someone/vit-test" in err and "Traceback" not in err
     assert (out / "model.safetensors").is_file() and (out / "config.json").is_file()
+
+
+def test_from_pretrained_reads_a_pushed_folder_and_its_run_reproduces(pattern_folder, tmp_path):
+    run = trained(pattern_folder, tmp_path / "run", "--preset", "mnist", "--model.in_chans", "3")
+    out = tmp_path / "hub"
+    assert main(["push", str(run), "--dir", str(out)]) == 0
+    card = (out / "README.md").read_text()
+    assert "![curves](curves.png)" in card and "vitlab train --config run_config.yaml" in card
+    model = ViT.from_pretrained(out)
+    ours, _ = load_checkpoint(run)
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(model(x), ours(x))
+    assert model.pretrained_cfg["classes"] == ["circle", "cross", "stripes"] and not model.training
+    # the card's command trains the same recipe again (a fresh folder: the data path is the one the run used)
+    assert main(["train", "--config", str(out / "run_config.yaml"), "--run_dir", str(tmp_path / "again"), "--quiet"]) == 0
+    again = (tmp_path / "again" / "config.yaml").read_text()
+    assert again == (run / "config.yaml").read_text()
+
+
+def hub_cache_with(folder, cache, repo: str):
+    """``folder`` as huggingface_hub's cache holds a downloaded snapshot of ``repo`` (refs/main -> snapshots/<commit>)."""
+    import shutil
+
+    commit = "0" * 40
+    root = cache / f"models--{repo.replace('/', '--')}"
+    shutil.copytree(folder, root / "snapshots" / commit)
+    (root / "refs").mkdir()
+    (root / "refs" / "main").write_text(commit)
+
+
+def test_a_hub_repo_loads_by_name_from_the_hub_cache_offline(pattern_folder, tmp_path, monkeypatch, capsys):
+    """``ViT.from_pretrained("user/name")`` and ``vitlab predict hf-hub:user/name`` go through huggingface_hub's
+    snapshot_download; offline, it answers from its cache, which here holds the pushed folder."""
+    hub_constants = pytest.importorskip("huggingface_hub.constants")
+    run = trained(pattern_folder, tmp_path / "run", "--preset", "mnist", "--model.in_chans", "3")
+    assert main(["push", str(run), "--dir", str(tmp_path / "hub")]) == 0
+    cache = tmp_path / "hf-cache"
+    hub_cache_with(tmp_path / "hub", cache, "someone/vit-test")
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model = ViT.from_pretrained("someone/vit-test")
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(model(x), load_checkpoint(run)[0](x))
+    image = next((pattern_folder / "val" / "cross").iterdir())
+    capsys.readouterr()
+    assert main(["predict", "hf-hub:someone/vit-test", str(image), "--topk", "1"]) == 0
+    assert str(image) in capsys.readouterr().out
+    assert main(["predict", "hf-hub:someone/not-there", str(image)]) == 2
+    err = capsys.readouterr().err
+    assert "could not download the Hub repo someone/not-there" in err and "Traceback" not in err

@@ -200,7 +200,7 @@ def test_cli_attention_and_inspect_on_pretrained(tiny_weights, photos, tmp_path,
 TINY_RUN = ["--model.embed_dim", "32", "--model.depth", "2", "--model.num_heads", "2", "--quiet",
             "--preset", "mnist", "--data.dataset", "imagefolder", "--model.img_size", "16", "--model.patch_size", "4",
             "--model.in_chans", "3", "--data.num_workers", "0", "--train.epochs", "3", "--train.batch_size", "32",
-            "--train.tensorboard", "true"]
+            "--train.tracker", "tensorboard"]
 
 
 @pytest.fixture(scope="module")

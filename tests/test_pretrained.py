@@ -612,11 +612,14 @@ def test_registry_entry(name: str) -> None:
         model = ViT(entry.config)
     assert model.num_params() == entry.meta["params"]
     assert entry.url or entry.hf_repo
-    assert entry.source_format in ("timm", "torchvision", "hf", "npz")
+    assert entry.source_format in ("timm", "torchvision", "hf", "npz", "tf_hub")
     prep = entry.preprocessing
     assert len(prep.mean) == 3 and len(prep.std) == 3 and prep.interpolation in ("bicubic", "bilinear")
     assert 0 < prep.crop_pct <= 1 and prep.crop_size == entry.config.img_size
-    assert entry.file_name.startswith(name) and Path(entry.file_name).suffix in (".safetensors", ".pth", ".npz")
+    if entry.source_format == "tf_hub":  # a SavedModel: unpacked into a directory named after the entry
+        assert entry.file_name == name
+    else:
+        assert entry.file_name.startswith(name) and Path(entry.file_name).suffix in (".safetensors", ".pth", ".npz")
     classes = entry.classes()
     assert len(classes) == entry.config.num_classes and all(isinstance(c, str) for c in classes)
 

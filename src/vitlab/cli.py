@@ -175,6 +175,29 @@ def cmd_attention(argv: list[str]) -> int:
     return 0
 
 
+def cmd_demo(argv: list[str]) -> int:
+    parser = ArgumentParser(prog="vitlab demo", description="A web page to try the model on photos: top-k classes, the "
+                            "attention-rollout overlay and the per-head maps of a chosen layer (Gradio; pip install "
+                            "\"vitlab[demo]\").")
+    parser.add_argument("model", help=_source_help("the model") + ", a pushed folder or hf-hub:user/name")
+    parser.add_argument("--examples", nargs="*", default=[],
+                        help="example image files or folders (default: one image per class of the run's image folder)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
+    parser.add_argument("--port", type=int, default=None, help="port (default: Gradio's, 7860 or the next free one)")
+    parser.add_argument("--share", action="store_true", help="also make a public gradio.live link (off by default)")
+    parser.add_argument("--topk", type=int, default=5)
+    parser.add_argument("--device", default="auto")
+    args = parse_with_threads(parser, argv)
+    try:
+        import gradio  # noqa: F401
+    except ImportError:
+        raise ValueError('vitlab demo needs Gradio: pip install "vitlab[demo]"') from None
+    from vitlab.insight.demo import launch_demo
+
+    launch_demo(args.model, args.examples, args.host, args.port, args.share, args.topk, args.device)
+    return 0
+
+
 def cmd_inspect(argv: list[str]) -> int:
     from vitlab.device import resolve_device
     from vitlab.insight.explain import write_model_figures
@@ -204,7 +227,7 @@ def cmd_inspect(argv: list[str]) -> int:
         data = training_data(info, args.model, model.cfg.img_size, whole_splits=False)
         images = split_images(data.val, list(range(min(args.num_images, len(data.val)))))
     name = info.get("pretrained") or Path(args.model).name
-    written = write_model_figures(model, info, args.out, images, name=name)
+    written = write_model_figures(model, info, args.out, images, name=name, progress=None)
     for figure, path in written.items():
         print(f"{figure}: {path}")
     if model.pos_embed is None:
@@ -224,13 +247,14 @@ def cmd_report(argv: list[str]) -> int:
     parser.add_argument("--attention_images", "--attention-images", type=int, default=4,
                         help="validation images shown with attention overlays")
     args = parse_with_threads(parser, argv)
-    print(f"written {build_report(args.run_dir, args.out, args.attention_images)}")
+    print(f"written {build_report(args.run_dir, args.out, args.attention_images, progress=None)}")
     return 0
 
 
 def cmd_export(argv: list[str]) -> int:
     from vitlab.export import FORMATS, SUFFIX, export_model, load_exported
     from vitlab.predict import load_model
+    from vitlab.progress import steps
 
     parser = ArgumentParser(prog="vitlab export", description="Export a model for deployment: ONNX, TorchScript or a "
                             "torch.export program, with a dynamic batch size and a JSON sidecar (classes, preprocessing).")
@@ -249,15 +273,18 @@ def cmd_export(argv: list[str]) -> int:
     stem = source.stem if source.is_file() else (source.name if source.is_dir() else str(args.model).replace("/", "_"))
     default_dir = source.parent if source.is_file() else (source if source.is_dir() else Path("."))
     out = Path(args.out) if args.out else default_dir / f"{stem}{SUFFIX[args.format]}"
-    export_model(model, out, args.format, info, opset=args.opset, exporter=args.exporter, overwrite=args.overwrite)
-    message = f"written {out} (+ {out.name}.json)"
-    if not args.no_check:
-        import torch
+    with steps("vitlab export", 1 if args.no_check else 2) as step:
+        step(f"exporting ({args.format})")
+        export_model(model, out, args.format, info, opset=args.opset, exporter=args.exporter, overwrite=args.overwrite)
+        message = f"written {out} (+ {out.name}.json)"
+        if not args.no_check:
+            import torch
 
-        x = torch.randn(3, model.cfg.in_chans, *model.cfg.img_size)
-        with torch.no_grad():
-            diff = (load_exported(out)(x) - model(x)).abs().max().item()
-        message += f"; checked on a batch of 3: max |difference| from PyTorch {diff:.2e}"
+            step("checking against PyTorch")
+            x = torch.randn(3, model.cfg.in_chans, *model.cfg.img_size)
+            with torch.no_grad():
+                diff = (load_exported(out)(x) - model(x)).abs().max().item()
+            message += f"; checked on a batch of 3: max |difference| from PyTorch {diff:.2e}"
     print(message)
     return 0
 
@@ -360,7 +387,7 @@ def cmd_presets(argv: list[str]) -> int:
 
 
 COMMANDS = {"train": cmd_train, "finetune": cmd_finetune, "weights": cmd_weights,
-            "eval": cmd_eval, "predict": cmd_predict, "attention": cmd_attention, "inspect": cmd_inspect,
+            "eval": cmd_eval, "predict": cmd_predict, "attention": cmd_attention, "demo": cmd_demo, "inspect": cmd_inspect,
             "report": cmd_report, "export": cmd_export, "push": cmd_push, "sweep": cmd_sweep, "compare": cmd_compare, "info": cmd_info,
             "presets": cmd_presets}
 
@@ -373,6 +400,7 @@ commands:
   eval      accuracy, per-class accuracy and confusion matrix of a checkpoint
   predict   top-k classes for image files
   attention attention rollout and per-head maps over image files (PNG grids)
+  demo      a web page (Gradio) to try the model on photos, with its attention
   inspect   the ViT paper's figures for a model: filters, position similarity, attention distance
   report    one self-contained HTML page about a run
   export    ONNX, TorchScript or torch.export program with a dynamic batch size

@@ -137,8 +137,11 @@ class TrainConfig:
     """Images per batch when validating."""
     threads: Optional[int] = None
     """CPU threads for PyTorch (default: PyTorch's own choice)."""
-    tensorboard: bool = False
-    """Also log the epoch metrics to RUN_DIR/tensorboard (needs ``pip install tensorboard``)."""
+    tracker: Literal["none", "tensorboard", "mlflow", "wandb"] = "none"
+    """Also log the configuration, per-step and per-epoch metrics, figures and the best checkpoint to TensorBoard
+    (RUN_DIR/tensorboard), MLflow (``MLFLOW_TRACKING_URI``) or Weights & Biases (``WANDB_MODE``); see the guide."""
+    tracker_project: str = "vitlab"
+    """The MLflow experiment or W&B project the run goes into."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "betas", tuple(self.betas))
@@ -191,7 +194,10 @@ class RunConfig:
     @classmethod
     def from_dict(cls, d: dict) -> RunConfig:
         finetune = FinetuneConfig(**d["finetune"]) if d.get("finetune") else None
-        return cls(model=ViTConfig(**d["model"]), data=DataConfig(**d.get("data", {})), train=TrainConfig(**d.get("train", {})),
+        train = dict(d.get("train", {}))
+        if "tensorboard" in train:  # written before --train.tracker replaced --train.tensorboard
+            train.setdefault("tracker", "tensorboard" if train.pop("tensorboard") else "none")
+        return cls(model=ViTConfig(**d["model"]), data=DataConfig(**d.get("data", {})), train=TrainConfig(**train),
                    finetune=finetune, arch=d.get("arch", "vit"))
 
 

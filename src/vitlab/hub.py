@@ -17,7 +17,7 @@ import torch
 
 from vitlab.atomic import atomic_write, atomic_write_text
 from vitlab.model import ViT, ViTConfig
-from vitlab.training.checkpoint import load_checkpoint, load_state_dict_checked
+from vitlab.training.checkpoint import load_checkpoint
 
 TIMM_ARCHITECTURE = "vit_base_patch16_224"  # any ViT name: model_args give the real sizes
 
@@ -73,11 +73,27 @@ def write_hub_folder(source: str | Path, out: str | Path, overwrite: bool = Fals
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     atomic_write(out / "model.safetensors", lambda tmp: save_file(state, str(tmp), metadata={"format": "pt"}))
     atomic_write_text(out / "config.json", json.dumps(config, indent=2) + "\n")
-    atomic_write_text(out / "README.md", model_card(source, info, why_not))
+    extras = copy_run_files(source, out)
+    atomic_write_text(out / "README.md", model_card(source, info, why_not, extras))
     return out
 
 
-def model_card(source: str | Path, info: dict[str, Any], why_not: str | None) -> str:
+RUN_FILES = {"config.yaml": "run_config.yaml", "figures/curves.png": "curves.png", "figures/confusion.png": "confusion.png"}
+
+
+def copy_run_files(source: str | Path, out: Path) -> list[str]:
+    """The run's resolved configuration and its curves and confusion figures, next to the weights; their names."""
+    run_dir = Path(source) if Path(source).is_dir() else Path(source).parent
+    copied = []
+    for name, target in RUN_FILES.items():
+        if (run_dir / name).is_file():
+            data = (run_dir / name).read_bytes()
+            atomic_write(out / target, lambda tmp, data=data: tmp.write_bytes(data))
+            copied.append(target)
+    return copied
+
+
+def model_card(source: str | Path, info: dict[str, Any], why_not: str | None, extras: list[str] = ()) -> str:
     """A README.md from the run: data, recipe, result, how to load it."""
     run = info.get("run_config", {})
     data, train, ft = run.get("data", {}), run.get("train", {}), run.get("finetune")
@@ -98,6 +114,12 @@ def model_card(source: str | Path, info: dict[str, Any], why_not: str | None) ->
         "", "## Load", "", load, "", "```python\nimport vitlab\nvitlab.predict(\"DIR\", [\"photo.jpg\"])\n```", "",
         "The full configuration is under `vitlab` in config.json; `vitlab train --config` takes its `run_config`.",
     ]
+    if "run_config.yaml" in extras:
+        command = "vitlab finetune" if ft else "vitlab train"
+        lines += ["", "## Reproduce", "", f"```bash\n{command} --config run_config.yaml --run_dir runs/again\n```"]
+    figures = [f"![{name.removesuffix('.png')}]({name})" for name in extras if name.endswith(".png")]
+    if figures:
+        lines += ["", "## Training", "", *figures]
     if ft:
         lines += ["", f"Pretrained weights: `{ft['pretrained']}`; their licence applies to this model too."]
     return "\n".join(lines) + "\n"
@@ -108,26 +130,10 @@ def is_hub_folder(path: str | Path) -> bool:
     return path.is_dir() and (path / "config.json").is_file() and (path / "model.safetensors").is_file()
 
 
-def load_hub_folder(path: str | Path, device: str | torch.device = "cpu") -> tuple[ViT, dict[str, Any]]:
-    """A folder written by :func:`write_hub_folder` (or downloaded from the Hub) as (model, info)."""
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    described = json.loads((path / "config.json").read_text()).get("vitlab")
-    if not described:
-        raise ValueError(f"{path}/config.json has no 'vitlab' section; load a timm folder with vitlab's "
-                         "pretrained loader (a weights file) instead")
-    model = ViT.without_init(ViTConfig(**described["model"]))
-    load_state_dict_checked(model, load_file(str(path / "model.safetensors")), source=str(path))
-    return model.to(device).eval(), described
-
-
-def download(repo: str) -> Path:
-    """``hf-hub:user/name`` (or ``user/name``) into Hugging Face's cache; the local folder."""
-    from huggingface_hub import snapshot_download
-
-    return Path(snapshot_download(repo.removeprefix("hf-hub:"), allow_patterns=["config.json", "model.safetensors",
-                                                                               "README.md"]))
+def load_hub_folder(repo_or_dir: str | Path, device: str | torch.device = "cpu") -> tuple[ViT, dict[str, Any]]:
+    """A folder written by :func:`write_hub_folder`, or its Hub repo, as (model, info) like a checkpoint."""
+    model = ViT.from_pretrained(repo_or_dir, device=device)
+    return model, model.pretrained_cfg
 
 
 def push(folder: str | Path, repo: str, private: bool = False) -> str:

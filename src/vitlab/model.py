@@ -20,8 +20,11 @@ checkpoints map onto this model without renaming.
 from __future__ import annotations
 
 import difflib
+import json
+import os
 from dataclasses import asdict, dataclass, replace
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +42,7 @@ __all__ = [
     "MODEL_PRESETS",
     "MODEL_ALIASES",
     "model_config",
+    "hub_folder",
 ]
 
 
@@ -417,6 +421,25 @@ class ViT(nn.Module):
         return model
 
     @classmethod
+    def from_pretrained(cls, repo_or_dir: str | os.PathLike, device: str | torch.device = "cpu") -> ViT:
+        """A model written by ``vitlab push``: its folder, or a Hub repo ``user/name`` (``hf-hub:user/name``), which is
+        downloaded into Hugging Face's cache. Its class names, preprocessing and run are in ``model.pretrained_cfg``."""
+        folder = hub_folder(repo_or_dir)
+        described = json.loads((folder / "config.json").read_text()).get("vitlab")
+        if not described or "model" not in described:
+            raise ValueError(f"{folder}/config.json has no 'vitlab' section (not written by `vitlab push`); load timm or "
+                             "Hugging Face weights with vitlab.pretrained.load_pretrained instead")
+        from safetensors.torch import load_file
+
+        model = cls.without_init(ViTConfig(**described["model"]), device)
+        try:
+            model.load_state_dict(load_file(str(folder / "model.safetensors"), device=str(device)), strict=True)
+        except RuntimeError as exc:
+            raise ValueError(f"{folder}/model.safetensors does not match its config.json: {exc}") from exc
+        model.pretrained_cfg: dict[str, Any] = described
+        return model.eval()
+
+    @classmethod
     def from_preset(cls, name: str, **overrides) -> ViT:
         """Build a named architecture (see :data:`MODEL_PRESETS`), with overrides."""
         return cls(model_config(name, **overrides))
@@ -588,3 +611,30 @@ def model_config(name: str, **overrides) -> ViTConfig:
         hint = f"did you mean {' or '.join(close)}? " if close else ""
         raise KeyError(f"unknown model preset {name!r}; {hint}choose one of {sorted(MODEL_PRESETS)}")
     return replace(MODEL_PRESETS[key], **overrides)
+
+
+# ----------------------------------------------------------------------------- pushed models
+
+HUB_FILES = ("config.json", "model.safetensors", "README.md")
+
+
+def hub_folder(repo_or_dir: str | os.PathLike) -> Path:
+    """The local folder of a pushed model: ``repo_or_dir`` itself if it is a folder, else the Hub repo
+    ``user/name`` (or ``hf-hub:user/name``) downloaded into Hugging Face's cache."""
+    path = Path(repo_or_dir)
+    if path.is_dir():
+        if not (path / "config.json").is_file() or not (path / "model.safetensors").is_file():
+            raise FileNotFoundError(f"{path} is not a model folder (it needs config.json and model.safetensors, "
+                                    "as `vitlab push --dir` writes them)")
+        return path
+    repo = str(repo_or_dir).removeprefix("hf-hub:")
+    if repo.count("/") != 1 or path.exists():
+        raise FileNotFoundError(f"{repo_or_dir} is neither a model folder nor a Hub repo name user/name")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo, allow_patterns=list(HUB_FILES)))
+    except Exception as exc:  # offline, no such repo, no access: one message
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise FileNotFoundError(f"could not download the Hub repo {repo} ({first}); check the name and the network, or "
+                                "pass the folder `vitlab push --dir` wrote") from exc

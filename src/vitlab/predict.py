@@ -9,7 +9,7 @@ import torch
 from vitlab.data import Preprocess
 from vitlab.data.datasets import BadImageError, open_image, resize_and_crop
 from vitlab.device import resolve_device
-from vitlab.hub import download, is_hub_folder, load_hub_folder
+from vitlab.hub import is_hub_folder, load_hub_folder
 from vitlab.names import did_you_mean
 from vitlab.training.checkpoint import load_checkpoint
 
@@ -37,7 +37,7 @@ def load_model(source: str | Path, device: str | torch.device = "cpu") -> tuple[
     from vitlab.training.checkpoint import CheckpointError
 
     if str(source).startswith("hf-hub:") or is_hub_folder(source):  # written by `vitlab push`
-        return load_hub_folder(download(str(source)) if str(source).startswith("hf-hub:") else source, device=device)
+        return load_hub_folder(source, device=device)
     try:
         return load_checkpoint(source, device=device)
     except CheckpointError as checkpoint_error:

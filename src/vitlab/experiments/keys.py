@@ -20,7 +20,8 @@ TOP_LEVEL = ("preset", *(f.name for f in fields(RunConfig) if f.name not in SECT
 SETTINGS = (*TOP_LEVEL, *(f"{section}.{f.name}" for section, cls in SECTIONS.items() for f in fields(cls)))
 SEED_KEY = "train.seed"
 RUNTIME_KEYS = frozenset({"data.data_dir", "data.cache_dir", "data.download", "data.num_workers", "data.max_cache_gib",
-                          "train.device", "train.threads", "train.eval_batch_size", "train.tensorboard"})
+                          "train.device", "train.threads", "train.eval_batch_size", "train.tracker",
+                          "train.tracker_project"})
 """Where and how fast a run goes: these may differ between runs of one configuration."""
 
 

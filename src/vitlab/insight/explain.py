@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 from vitlab.insight.attention import HeadFusion, attention_maps, rollout_and_heads
 from vitlab.insight.figures import (
@@ -80,12 +81,15 @@ def write_attention_overlays(model: ViT, info: dict, paths: list[str | Path], ou
 
 
 @torch.no_grad()
-def attention_distance(model: ViT, info: dict, images: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
+def attention_distance(model: ViT, info: dict, images: torch.Tensor, batch_size: int = 32,
+                       progress: bool | None = False) -> torch.Tensor:
     """Mean attention distance (layers, heads) in pixels over uint8 ``images``."""
     device = next(model.parameters()).device
     preprocess = model_preprocess(model, info)
     total = None
-    for start in range(0, len(images), batch_size):
+    batches = range(0, len(images), batch_size)
+    for start in tqdm(batches, desc="attention distance", unit="batch", leave=False,
+                      disable=None if progress is None else not progress):
         chunk = images[start:start + batch_size]
         _, maps = attention_maps(model, preprocess(chunk.to(device)))
         part = mean_attention_distance(maps, model.cfg.grid_size, model.cfg.patch_size, model.num_prefix_tokens).cpu()
@@ -94,7 +98,7 @@ def attention_distance(model: ViT, info: dict, images: torch.Tensor, batch_size:
 
 
 def write_model_figures(model: ViT, info: dict, out: str | Path, images: torch.Tensor | None = None,
-                        name: str = "") -> dict[str, Path]:
+                        name: str = "", progress: bool | None = False) -> dict[str, Path]:
     """The paper's figure 7 panels as PNGs in ``out``: filters, position similarity, attention distance.
 
     Filters need a linear patch embedding (not ``conv_stem``), position similarity a position
@@ -115,7 +119,7 @@ def write_model_figures(model: ViT, info: dict, out: str | Path, images: torch.T
             plot_position_similarity(position_similarity(model), f"Position embedding similarity{suffix}"),
             out / "position_similarity.png")
     if images is not None and len(images):
-        distance = attention_distance(model, info, images)
+        distance = attention_distance(model, info, images, progress=progress)
         written["attention_distance"] = save_figure(
             plot_attention_distance(distance, tuple(model.cfg.img_size),
                                     f"Mean attention distance ({len(images)} images){suffix}"),

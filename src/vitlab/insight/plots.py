@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
@@ -115,3 +116,27 @@ def plot_attention_grid(image: torch.Tensor, rollout: torch.Tensor, heads: torch
         ax.set_title(name if name != "head 1" else "last layer: head 1", fontsize=8)
     fig.suptitle(title, fontsize=9)
     return fig
+
+
+def plot_head_maps(image: torch.Tensor, heads: torch.Tensor, layer: int) -> Figure:
+    """Each head's map (heads, gh, gw) of one layer laid over the uint8 image (C, H, W)."""
+    cols = min(6, len(heads))
+    rows = -(-len(heads) // cols)
+    fig = Figure(figsize=(2.0 * cols, 2.1 * rows + 0.3), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for index, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if index < len(heads):
+            ax.imshow(overlay(image, heads[index]).numpy())
+            ax.set_title(f"layer {layer + 1}, head {index + 1}", fontsize=8)
+    return fig
+
+
+def figure_array(fig: Figure, dpi: int = 100) -> np.ndarray:
+    """A figure drawn into an uint8 (H, W, 3) array."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    fig.set_dpi(dpi)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()

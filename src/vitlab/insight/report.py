@@ -19,6 +19,7 @@ from vitlab.atomic import atomic_write_text
 from vitlab.baselines import model_arch, model_flops
 from vitlab.insight.run_figures import FIGURES_DIR, split_images, worst_mistakes, write_run_figures
 from vitlab.model import ViT
+from vitlab.progress import steps
 
 REPORT_FILE = "report.html"
 CSS = """
@@ -72,19 +73,25 @@ def _checkpoint(run_dir: Path) -> Path:
 
 
 def build_report(run_dir: str | Path, out: str | Path | None = None, attention_images: int = 4,
-                 device: str = "cpu") -> Path:
+                 device: str = "cpu", progress: bool | None = False) -> Path:
     """Write the run's HTML report (default ``RUN_DIR/report.html``); draws missing figures first."""
+    with steps("vitlab report", 4, progress) as step:
+        return _build_report(Path(run_dir), out, attention_images, device, step)
+
+
+def _build_report(run_dir: Path, out: str | Path | None, attention_images: int, device: str, step) -> Path:
     from vitlab.evaluate import checkpoint_with_data
     from vitlab.insight.explain import explain_batch, title_for
     from vitlab.insight.plots import plot_attention_grid, save_figure
     from vitlab.training.trainer import evaluate
 
-    run_dir = Path(run_dir)
+    step("loading the run and its data")
     history = _read_history(run_dir)
     checkpoint = _checkpoint(run_dir)
     model, info, data, preprocess = checkpoint_with_data(checkpoint, device=device, whole_splits=False)
     figures = run_dir / FIGURES_DIR
     evaluation = None
+    step("evaluating")
     if not all((figures / f"{n}.png").exists() for n in ("curves", "confusion", "mistakes")):
         evaluation = evaluate(model, data.val, preprocess, 256, torch.device(device), num_classes=len(info["classes"]))
         write_run_figures(run_dir, history, info["classes"], evaluation, data.val, title=f"{data.name}: {run_dir.name}")
@@ -98,6 +105,7 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, attention_i
                                                           evaluation["confidence"], 1)]
     picks += [m["index"] for m in mistakes[:1] if m["index"] not in picks]
     overlays = []
+    step("attention overlays")
     if picks and isinstance(model, ViT):  # a CNN baseline has no attention to show
         images = split_images(data.val, picks)
         for index, image, result in zip(picks, images, explain_batch(model, info, images)):
@@ -107,6 +115,7 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, attention_i
                                                             title_for(name, result)),
                                         figures / f"attention_val_{index}.png"))
 
+    step("writing the page")
     best = max(history, key=lambda h: h["val_acc"])
     final = history[-1]
     cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").exists() else info.get(

@@ -1,4 +1,4 @@
-"""Convert state dicts from timm, torchvision, Hugging Face and Google's JAX ``.npz`` into our names.
+"""Convert state dicts from timm, torchvision, Hugging Face, Google's JAX ``.npz``, TF-Hub and Keras into our names.
 
 Every converter returns our parameter names (timm's, see :mod:`vitlab.model`) and a
 list of source keys it deliberately left out, with the reason (a representation /
@@ -10,14 +10,14 @@ follows reports it as unexpected.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
 
 from vitlab.model import ViTConfig, _pair
 
-FORMATS = ("vitlab", "timm", "torchvision", "hf", "npz")
+FORMATS = ("vitlab", "timm", "torchvision", "hf", "npz", "tf_hub", "keras")
 
 
 @dataclass
@@ -33,8 +33,12 @@ class Converted:
 
 
 def detect_format(keys) -> str:
-    """Which layout a checkpoint's keys are in: timm, torchvision, hf or npz."""
+    """Which layout a checkpoint's keys are in: timm, torchvision, hf, npz or keras.
+
+    ("tf_hub" is never detected: a jax2tf SavedModel's reader gives it npz names and says so.)"""
     keys = set(keys)
+    if any(k.startswith("class_token/") or _KERAS_LN.search(k) for k in keys):  # vit-keras: npz has cls, scale
+        return "keras"
     if any(k.startswith("Transformer/") for k in keys) or "embedding/kernel" in keys:
         return "npz"
     if "conv_proj.weight" in keys or "encoder.pos_embedding" in keys:
@@ -47,14 +51,15 @@ def detect_format(keys) -> str:
     raise ValueError(
         f"cannot tell which ViT layout this checkpoint uses (first keys: {sample}); expected timm "
         "(patch_embed.proj.weight), torchvision (conv_proj.weight), Hugging Face (vit.embeddings...) "
-        "or Google .npz (Transformer/encoderblock_0/...)"
+        "Google .npz (Transformer/encoderblock_0/...) or vit-keras (class_token/cls, Transformer_encoderblock_0/...)"
     )
 
 
 def convert(state: dict, source_format: str | None = None) -> Converted:
     """Convert ``state`` (tensors or numpy arrays) from ``source_format`` (detected if None)."""
     source_format = source_format or detect_format(state)
-    converters = {"timm": from_timm, "vitlab": from_timm, "torchvision": from_torchvision, "hf": from_hf, "npz": from_npz}
+    converters = {"timm": from_timm, "vitlab": from_timm, "torchvision": from_torchvision, "hf": from_hf, "npz": from_npz,
+                  "tf_hub": from_tf_hub, "keras": from_keras}
     if source_format not in converters:
         raise ValueError(f"unknown source format {source_format!r}; choose one of {FORMATS}")
     tensors = {k: v if isinstance(v, torch.Tensor) else torch.from_numpy(np.asarray(v)) for k, v in state.items()}
@@ -214,6 +219,86 @@ def from_npz(state: dict[str, torch.Tensor]) -> Converted:
         out[f"blocks.{index}.attn.proj.weight"] = o.reshape(-1, o.shape[-1]).t()
         out[f"blocks.{index}.attn.proj.bias"] = ob
     return Converted({k: v.contiguous() for k, v in out.items()}, "npz", dropped, num_heads)
+
+
+def from_tf_hub(state: dict[str, torch.Tensor]) -> Converted:
+    """A jax2tf SavedModel (TF-Hub / Kaggle ViTs by Sayak Paul): Google's Flax parameters, named by the reader."""
+    return replace(from_npz(state), source_format="tf_hub")
+
+
+_KERAS_LN = re.compile(r"(?:LayerNorm_[02]|encoder_norm)/(?:gamma|beta)$")
+_KERAS_BLOCK = re.compile(r"Transformer[/_]encoderblock_(\d+)/(.+)")
+_KERAS_ATTN = re.compile(r"MultiHeadDotProductAttention_1/(query|key|value|out)/(kernel|bias)")
+_KERAS_MLP = re.compile(r"MlpBlock_3/(?:.*[/_])?Dense_([01])/(kernel|bias)")  # Dense named "<block>_Dense_0" or "<block>/Dense_0"
+
+
+def _keras_key(key: str) -> str:
+    """Keras 3 files number a layer's variables (``layer/0``); name them as Keras does (``layer/kernel``)."""
+    layer, _, last = key.rpartition("/")
+    if not last.isdigit():
+        return key
+    if re.search(r"(?:LayerNorm_\d+|encoder_norm)$", layer):
+        names = ("gamma", "beta")
+    elif layer.endswith("class_token"):
+        names = ("cls",)
+    elif layer.endswith("posembed_input"):
+        names = ("pos_embedding",)
+    else:
+        names = ("kernel", "bias")
+    return f"{layer}/{names[int(last)]}" if int(last) < len(names) else key
+
+
+def from_keras(state: dict[str, torch.Tensor]) -> Converted:
+    """The ``vit-keras`` package's layout (``.keras``, ``.weights.h5``, ``.h5``): Dense kernels stored (in, out),
+    query/key/value as separate (D, D) Dense layers, LayerNorm gamma/beta; Keras 3 names use ``_`` where Keras 2's
+    used ``/`` (``Transformer_encoderblock_0`` / ``Transformer/encoderblock_0``)."""
+    out, dropped = {}, {}
+    attn: dict[tuple[int, str, str], torch.Tensor] = {}
+    ln = {"gamma": "weight", "beta": "bias"}
+    for source_key, value in state.items():
+        key = _keras_key(source_key)
+        if key == "embedding/kernel":  # (ph, pw, C, D) -> (D, C, ph, pw)
+            out["patch_embed.proj.weight"] = value.permute(3, 2, 0, 1)
+        elif key == "embedding/bias":
+            out["patch_embed.proj.bias"] = value
+        elif key == "class_token/cls":  # (1, 1, D)
+            out["cls_token"] = value
+        elif re.fullmatch(r"Transformer[/_]posembed_input/pos_embedding", key):  # (1, 1 + N, D)
+            out["pos_embed"] = value
+        elif n := re.fullmatch(r"Transformer[/_]encoder_norm/(gamma|beta)", key):
+            out["norm." + ln[n.group(1)]] = value
+        elif h := re.fullmatch(r"head/(kernel|bias)", key):  # kernel (D, K)
+            out["head." + ("weight" if h.group(1) == "kernel" else "bias")] = value.t() if h.group(1) == "kernel" else value
+        elif key.startswith("pre_logits/"):
+            dropped[source_key] = "representation layer (pre-logits); the ViT paper removes it for fine-tuning"
+        elif m := _KERAS_BLOCK.fullmatch(key):
+            index, rest = int(m.group(1)), m.group(2)
+            prefix = f"blocks.{index}."
+            if a := _KERAS_ATTN.fullmatch(rest):  # kernels (D, D), biases (D,)
+                attn[(index, a.group(1), a.group(2))] = value
+            elif n := re.fullmatch(r"LayerNorm_([02])/(gamma|beta)", rest):
+                out[prefix + ("norm1." if n.group(1) == "0" else "norm2.") + ln[n.group(2)]] = value
+            elif d := _KERAS_MLP.fullmatch(rest):  # Dense_0 kernel (D, M), Dense_1 kernel (M, D)
+                name = prefix + ("mlp.fc1." if d.group(1) == "0" else "mlp.fc2.")
+                out[name + ("weight" if d.group(2) == "kernel" else "bias")] = value.t() if d.group(2) == "kernel" else value
+            else:
+                out[source_key] = value
+        else:
+            out[source_key] = value
+    for index in sorted({i for i, _, _ in attn}):
+        try:
+            q, k, v, o = (attn[(index, n, "kernel")] for n in ("query", "key", "value", "out"))  # (D, D) each, (in, out)
+            qb, kb, vb, ob = (attn[(index, n, "bias")] for n in ("query", "key", "value", "out"))  # (D,) each
+        except KeyError as exc:
+            raise ValueError(f"Keras block {index} lacks attention parameter {exc.args[0]}") from exc
+        shapes = {tuple(t.shape) for t in (q, k, v, o)}
+        if len(shapes) != 1 or len(next(iter(shapes))) != 2:
+            raise ValueError(f"Keras block {index}: query/key/value/out kernels should all be (D, D), got {sorted(shapes)}")
+        out[f"blocks.{index}.attn.qkv.weight"] = torch.cat([q.t(), k.t(), v.t()])  # (3D, D)
+        out[f"blocks.{index}.attn.qkv.bias"] = torch.cat([qb, kb, vb])
+        out[f"blocks.{index}.attn.proj.weight"] = o.t()
+        out[f"blocks.{index}.attn.proj.bias"] = ob
+    return Converted({k: v.contiguous() for k, v in out.items()}, "keras", dropped)
 
 
 def infer_config(state: dict[str, torch.Tensor], num_heads: int | None = None, **overrides) -> ViTConfig:

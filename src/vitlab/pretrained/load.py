@@ -5,7 +5,9 @@
     model, info = load_pretrained("my_vit.npz", img_size=384)                              # any file; resampled
 
 Reading never executes code from a file: safetensors, ``.npz`` with ``allow_pickle=False``,
-or ``torch.load(weights_only=True)``; a pickle that needs more is refused.
+or ``torch.load(weights_only=True)``; a pickle that needs more is refused. TensorFlow
+SavedModel directories and Keras files (``.keras``, ``.h5``) are read as plain arrays by
+:mod:`vitlab.pretrained.tf` (checkpoint reader and h5py; their graphs and layers never run).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import torch
 from vitlab.model import ViT, ViTConfig
 from vitlab.names import did_you_mean
 from vitlab.pretrained.convert import convert, infer_config
+from vitlab.pretrained.errors import WeightsError
 from vitlab.pretrained.registry import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -38,11 +41,7 @@ from vitlab.pretrained.registry import (
 from vitlab.pretrained.resample import resample_pos_embed
 
 WEIGHTS_DIR_ENV = "VITLAB_WEIGHTS_DIR"
-WEIGHT_SUFFIXES = (".safetensors", ".npz", ".pth", ".pt", ".bin", ".ckpt")
-
-
-class WeightsError(ValueError):
-    """Weights that cannot be found, read safely, or mapped onto the model."""
+WEIGHT_SUFFIXES = (".safetensors", ".npz", ".pth", ".pt", ".bin", ".ckpt", ".keras", ".weights.h5", ".h5", ".hdf5")
 
 
 @dataclass
@@ -73,12 +72,34 @@ def weights_cache_dir() -> Path:
     return Path(default_cache_dir()) / "weights"
 
 
-def read_weights_file(path: str | Path) -> tuple[dict[str, Any], dict[str, str]]:
-    """Tensors (or arrays) and metadata of a weights file, read without executing code."""
+def is_weights_path(path: str | Path) -> bool:
+    """A weights file, or a TensorFlow SavedModel directory."""
     path = Path(path)
+    return path.is_file() or (path / "saved_model.pb").is_file()
+
+
+def read_weights_file(path: str | Path) -> tuple[dict[str, Any], dict[str, str]]:
+    """Tensors (or arrays) and metadata of a weights file or SavedModel directory, read without executing code.
+
+    The metadata of a TensorFlow / Keras source names its layout (``source_format``)."""
+    path = Path(path)
+    if path.is_dir():
+        from vitlab.pretrained import tf
+
+        if not tf.is_saved_model(path):
+            raise WeightsError(f"{path} is a directory but not a TensorFlow SavedModel (no saved_model.pb); "
+                               "pass a weights file or a SavedModel directory")
+        return tf.read_saved_model(path)
     if not path.is_file():
         raise WeightsError(f"weights file {path} does not exist")
     suffix = path.suffix.lower()
+    if suffix in (".keras", ".h5", ".hdf5"):
+        from vitlab.pretrained import tf
+
+        return tf.read_keras(path)
+    if path.name.lower().endswith((".tar.gz", ".tgz")):
+        raise WeightsError(f"{path} is an archive; unpack it first (tar xzf {path.name}) and pass the SavedModel "
+                           "directory (the one holding saved_model.pb)")
     if suffix == ".safetensors":
         from safetensors import SafetensorError, safe_open
 
@@ -123,7 +144,7 @@ def find_weights_file(weights: PretrainedWeights, download: bool = True) -> Path
     cache = weights_cache_dir()
     candidates.append(cache / weights.file_name)
     for candidate in candidates:
-        if candidate.is_file():
+        if is_weights_path(candidate):
             return candidate
     where = f"${WEIGHTS_DIR_ENV}={os.environ.get(WEIGHTS_DIR_ENV)!s} and {cache}"
     if not download:
@@ -136,8 +157,12 @@ def find_weights_file(weights: PretrainedWeights, download: bool = True) -> Path
         if weights.url:
             cache.mkdir(parents=True, exist_ok=True)
             target = cache / weights.file_name
+            if weights.source_format == "tf_hub":  # a .tar.gz SavedModel: unpacked into a directory
+                return _download_saved_model(weights.url, target)
             torch.hub.download_url_to_file(weights.url, str(target), progress=True)  # temp file + rename
             return target
+    except WeightsError:
+        raise
     except Exception as exc:
         source = f"huggingface.co/{weights.hf_repo}" if weights.hf_repo else weights.url
         raise WeightsError(
@@ -146,6 +171,18 @@ def find_weights_file(weights: PretrainedWeights, download: bool = True) -> Path
             f"load_pretrained(..., file=FILE)), or put it at {where} as {weights.file_name}"
         ) from exc
     raise WeightsError(f"registry entry {weights.name} names no URL or Hugging Face repo; pass the file")
+
+
+def _download_saved_model(url: str, target: Path) -> Path:
+    """Download a ``.tar.gz`` SavedModel and unpack it safely into ``target`` (temporary directory + rename)."""
+    import tempfile
+
+    from vitlab.pretrained.tf import extract_saved_model
+
+    with tempfile.TemporaryDirectory(prefix=f".{target.name}.", dir=target.parent) as tmp:
+        archive = Path(tmp) / "saved_model.tar.gz"
+        torch.hub.download_url_to_file(url, str(archive), progress=True)
+        return extract_saved_model(archive, target)
 
 
 def registry_entry_for(source: str) -> PretrainedWeights | None:
@@ -159,7 +196,7 @@ def registry_entry_for(source: str) -> PretrainedWeights | None:
 
 
 def _default_preprocessing(source_format: str, size: tuple[int, int]) -> Preprocessing:
-    if source_format in ("npz", "hf"):  # Google's releases: [-1, 1] pixels
+    if source_format in ("npz", "hf", "tf_hub", "keras"):  # Google's releases and their ports: [-1, 1] pixels
         return Preprocessing(crop_size=size, resize_size=min(size), interpolation="bilinear",
                              mean=INCEPTION_MEAN, std=INCEPTION_STD)
     return Preprocessing(crop_size=size, resize_size=round(min(size) / 0.875), interpolation="bicubic",
@@ -178,7 +215,7 @@ def pretrained_config(source: str | Path, *, file: str | Path | None = None, img
     """The architecture and preprocessing :func:`load_pretrained` gives for the same arguments (before a new head);
     a registry entry's are read from the registry, without its file."""
     entry = registry_entry_for(str(source))
-    if entry is not None and file is None and not Path(source).is_file():
+    if entry is not None and file is None and not is_weights_path(source):
         cfg, preprocessing = replace(entry.config), entry.preprocessing
         if img_size is not None:
             cfg, preprocessing = _resized(cfg, preprocessing, img_size)
@@ -200,7 +237,8 @@ def load_pretrained(
     """Our ViT with pretrained weights, and a description of what was loaded.
 
     ``source`` is a registry name (``vitlab.pretrained.list_weights()``), a weights file
-    (timm, torchvision, Hugging Face, Google ``.npz``, or a vitlab checkpoint), with
+    (timm, torchvision, Hugging Face, Google ``.npz``, vit-keras ``.keras`` / ``.h5``, or a
+    vitlab checkpoint) or a TensorFlow SavedModel directory (TF-Hub / Kaggle ViTs), with
     ``file`` overriding where a registry entry's file is read from. ``num_classes``
     replaces the head with a zero-initialised one when it differs; ``img_size``
     resamples the position embedding (bicubic) to the new patch grid. Other keyword
@@ -210,13 +248,14 @@ def load_pretrained(
     entry = registry_entry_for(source)
     if file is not None:
         path = Path(file)
-    elif Path(source).is_file():
+    elif is_weights_path(source):
         path = Path(source)
     elif entry is not None:
         path = find_weights_file(entry, download=download)
     else:
         hint = did_you_mean(source, [*WEIGHTS, *WEIGHT_ALIASES])
-        raise WeightsError(f"{source!r} is neither a registry name nor an existing file; {hint}known names: {sorted(WEIGHTS)} "
+        raise WeightsError(f"{source!r} is neither a registry name nor an existing file or SavedModel directory; {hint}"
+                           f"known names: {sorted(WEIGHTS)} "
                            f"(short: {sorted(WEIGHT_ALIASES)}; `vitlab weights` lists them)")
 
     tensors, metadata = read_weights_file(path)
@@ -224,8 +263,13 @@ def load_pretrained(
     if "vitlab" in metadata:  # one of our own checkpoints
         vitlab_info = json.loads(metadata["vitlab"])
         converted = convert(tensors, "vitlab")
-    else:
-        converted = convert(tensors)  # the layout is detected from the key names
+    else:  # TensorFlow / Keras readers name their layout; others are detected from the key names
+        try:
+            converted = convert(tensors, metadata.get("source_format"))
+        except ValueError as exc:
+            raise WeightsError(f"{path}: {exc.args[0]}") from exc
+        if converted.num_heads is None and metadata.get("num_heads"):  # a Keras config's head count
+            converted.num_heads = int(metadata["num_heads"])
     state = converted.state
 
     if vitlab_info is not None:
@@ -241,7 +285,7 @@ def load_pretrained(
             raise WeightsError(f"{path} has {converted.num_heads} attention heads but {entry.name} expects {cfg.num_heads}")
         preprocessing, classes, name, meta = entry.preprocessing, entry.classes(), entry.name, dict(entry.meta)
     else:
-        eps = 1e-12 if converted.source_format == "hf" else 1e-6
+        eps = 1e-12 if converted.source_format == "hf" else 1e-6  # Keras / TF-Hub ViTs: 1e-6 as the JAX release
         known = dict(num_heads=num_heads or converted.num_heads, norm_eps=eps)
         try:  # img_size may be the checkpoint's own size (the only way to describe a non-square grid)
             cfg = infer_config(state, **known, **({} if img_size is None else {"img_size": img_size}))

@@ -18,7 +18,7 @@ from typing import Literal, Optional
 
 from vitlab.model import ViTConfig
 
-SourceFormat = Literal["timm", "torchvision", "hf", "npz"]
+SourceFormat = Literal["timm", "torchvision", "hf", "npz", "tf_hub", "keras"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -73,7 +73,9 @@ class PretrainedWeights:
 
     @property
     def file_name(self) -> str:
-        """The name the file is stored under in a weights folder or cache."""
+        """The name the file is stored under in a weights folder or cache (a TF-Hub SavedModel: a directory)."""
+        if self.source_format == "tf_hub":
+            return self.name
         if self.hf_file:
             return f"{self.name}{_suffix(self.hf_file)}"
         if self.url:
@@ -111,6 +113,25 @@ def _timm_hub(name: str, config: ViTConfig, prep: Preprocessing, top1: float, pa
 
 
 _DEIT_LIB = "timm (facebookresearch/deit)"
+
+
+def _tf_hub(name: str, variation: str, patch: int, top1: float, params: int, checkpoint: str) -> PretrainedWeights:
+    """Sayak Paul's jax2tf export of an AugReg ViT (ImageNet-21k, fine-tuned on ImageNet-1k at 224) on Kaggle Models
+    (formerly TF-Hub ``sayakpaul/<variation with _>/1``): a ``.tar.gz`` SavedModel, unpacked into the cache.
+    Preprocessing as its notebooks: ``tf.image.resize`` to 224x224 (bilinear), pixels / 127.5 - 1."""
+    tfhub = variation.replace("-", "_")
+    return PretrainedWeights(
+        name,
+        ViTConfig(img_size=224, patch_size=patch, num_classes=1000, embed_dim=768, depth=12, num_heads=12, norm_eps=1e-6),
+        "tf_hub", Preprocessing(resize_size=224, interpolation="bilinear", mean=INCEPTION_MEAN, std=INCEPTION_STD),
+        url=f"https://www.kaggle.com/api/v1/models/spsayakpaul/vision-transformer/tensorFlow2/{variation}/1/download",
+        meta={"top1": top1, "params": params, "license": "apache-2.0", "paper": _AUGREG, "pretrain": "ImageNet-21k",
+              "library": f"TF-Hub / Kaggle Models spsayakpaul/vision-transformer/tensorFlow2/{variation} "
+                         f"(sayakpaul/ViT-jax2tf; {checkpoint})",
+              "tfhub_url": f"https://tfhub.dev/sayakpaul/{tfhub}/1?tf-hub-format=compressed",
+              "note": "the source resizes the whole image to 224x224 (no crop, aspect ratio not kept); vitlab "
+                      "resizes the shorter side to 224 and center-crops. Reading it needs TensorFlow "
+                      "(pip install 'vitlab[tf]')"})
 _ENTRIES = [
     _timm_hub("vit_tiny_patch16_224.augreg_in21k_ft_in1k", _vit(192, 12, 3), _AUGREG_PREP, 75.45, 5_717_416, _AUGREG,
               "ImageNet-21k"),
@@ -135,6 +156,10 @@ _ENTRIES = [
               "pretrain": "ImageNet-21k", "library": "google-research/vision_transformer (ViT-B_16.npz)",
               "note": "ImageNet-21k classifier (21,843 classes); its pre-logits layer is dropped on load, "
                       "as the paper does for fine-tuning"}),
+    _tf_hub("vit_base_patch16_224.tfhub_sayakpaul_augreg_in21k_ft_in1k", "vit-b16-classification", 16, 84.018, 86_567_656,
+            "B_16-i21k-300ep-lr_0.001-aug_medium2-wd_0.03-do_0.0-sd_0.0--imagenet2012-steps_20k-lr_0.03-res_224"),
+    _tf_hub("vit_base_patch8_224.tfhub_sayakpaul_augreg_in21k_ft_in1k", "vit-b8-classification", 8, 85.948, 86_576_872,
+            "B_8-i21k-300ep-lr_0.001-aug_medium2-wd_0.1-do_0.0-sd_0.0--imagenet2012-steps_20k-lr_0.01-res_224"),
     PretrainedWeights(
         "vit_base_patch16_224.hf_google", _vit(768, 12, 12, eps=1e-12), "hf",
         Preprocessing(resize_size=224, interpolation="bilinear"),

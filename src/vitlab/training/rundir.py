@@ -55,12 +55,13 @@ def write_metrics(run_dir: Path, history: list[dict[str, Any]]) -> None:
 
 
 def discard_unstarted_run(run_dir: Path) -> None:
-    """Remove what a run that never finished an epoch wrote (its config, an empty metrics file, TensorBoard)."""
+    """Remove what a run that never finished an epoch wrote (its config, an empty metrics file, a tracker's files)."""
     if not run_dir.is_dir() or (run_dir / RESUME_FILE).exists() or list(run_dir.glob("*.safetensors")):
         return
-    for name in (CONFIG_FILE, METRICS_FILE):
+    for name in (CONFIG_FILE, METRICS_FILE, "tracker.json"):
         (run_dir / name).unlink(missing_ok=True)
-    shutil.rmtree(run_dir / "tensorboard", ignore_errors=True)
+    for name in ("tensorboard", "wandb"):
+        shutil.rmtree(run_dir / name, ignore_errors=True)
     with contextlib.suppress(OSError):
         run_dir.rmdir()  # only when nothing else is in it
 

@@ -40,6 +40,7 @@ from vitlab.training.rundir import (
     write_metrics,
     write_run_config,
 )
+from vitlab.training.tracking import STEP_EVERY, Tracker, open_tracker
 
 __all__ = ["CONFIG_FILE", "METRICS_FILE", "RunExistsError", "TrainResult", "evaluate", "read_run_config", "train"]
 
@@ -93,8 +94,10 @@ def train(cfg: RunConfig | None, run_dir: str | Path, resume: bool = False, prog
                 plan_budget = False
             save_epoch(run, epoch_record(run, epoch, stats, val))
             epoch += 1
-    except Exception:  # a failed start leaves nothing behind (Ctrl-C keeps the directory: --resume starts it again)
-        if new_dir and (run is None or not run.history) and int(os.environ.get("RANK", "0")) == 0:
+    except BaseException as exc:  # a failed start leaves nothing behind (Ctrl-C keeps it: --resume starts it again)
+        if run is not None:
+            run.tracker.close(finished=False)
+        if isinstance(exc, Exception) and new_dir and (run is None or not run.history) and int(os.environ.get("RANK", "0")) == 0:
             discard_unstarted_run(run_dir)
         raise
     finish_run(run, val)
@@ -128,7 +131,7 @@ class Run:
     best_acc: float = -1.0
     start_epoch: int = 0
     started: float = 0.0
-    board: Any = None
+    tracker: Tracker = field(default_factory=Tracker)
     compiled: torch.nn.Module | None = None
     ddp: tuple[torch.nn.Module, bool] | None = None  # the DDP wrapper and the trainable set it was made for
 
@@ -189,7 +192,8 @@ def start_run(cfg: RunConfig, run_dir: Path, resume: bool, data: ImageData | Non
     if ctx.is_main:
         write_metrics(run_dir, run.history)  # drops any line written after the saved state
     run.started = time.perf_counter() - (run.history[-1]["elapsed_s"] if run.history else 0.0)
-    run.board = tensorboard_writer(run_dir) if tc.tensorboard and ctx.is_main else None
+    if ctx.is_main:
+        run.tracker = open_tracker(tc.tracker, run_dir, cfg.to_dict(), tc.tracker_project)
     run.compiled = torch.compile(run.step_model) if tc.compile and not ctx.enabled else None
     if progress:
         announce(run, notes)
@@ -291,6 +295,7 @@ def train_epoch(run: Run, epoch: int, time_steps: bool) -> EpochStats:
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     seen, epoch_start, warm_at, steady_end = 0, time.perf_counter(), None, None
+    tracked = type(run.tracker) is not Tracker
     bar = tqdm(iterate_batches(run.train_split, tc.batch_size, shuffle=True, generator=order,
                                num_workers=run.cfg.data.num_workers, shard=(ctx.rank, ctx.world_size)),
                total=run.steps_per_epoch, desc=f"epoch {epoch + 1}/{tc.epochs}", leave=False, disable=not run.progress,
@@ -306,7 +311,11 @@ def train_epoch(run: Run, epoch: int, time_steps: bool) -> EpochStats:
             warm_at = _synchronized_time(device)
         if time_steps and warm_at is not None and step + 2 == run.steps_per_epoch:  # the last batch is not timed:
             steady_end = _synchronized_time(device)  # a smaller one makes a compiled model compile again
-        if run.progress and (step % 20 == 0 or step == run.steps_per_epoch - 1):
+        if step % STEP_EVERY == 0 and tracked:
+            lr = max(g["lr"] for g in run.optimizer.param_groups)
+            run.tracker.log_step(epoch * run.steps_per_epoch + step, {"loss": loss.item(), "lr": lr, "images_per_s": seen / max(
+                1e-9, time.perf_counter() - epoch_start)})
+        if run.progress and (step % STEP_EVERY == 0 or step == run.steps_per_epoch - 1):
             rate = seen / max(1e-9, time.perf_counter() - epoch_start)
             bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", acc=f"{correct.item() / seen:.4f}",
                             lr=f"{max(g['lr'] for g in run.optimizer.param_groups):.2e}", img_s=f"{rate:.0f}")
@@ -418,11 +427,7 @@ def save_epoch(run: Run, record: dict[str, Any]) -> None:
         state["ema"] = run.ema.state_dict()
     save_resume_state(run.run_dir, state)
     write_metrics(run.run_dir, run.history)
-    if run.board is not None:
-        for key, value in record.items():
-            if key != "epoch":
-                run.board.add_scalar(key, value, record["epoch"])
-        run.board.flush()
+    run.tracker.log_epoch(record["epoch"] * run.steps_per_epoch, record)
     if run.progress:
         tqdm.write(
             f"epoch {record['epoch']:>3}/{run.cfg.train.epochs} | train loss {record['train_loss']:.4f} acc "
@@ -433,17 +438,19 @@ def save_epoch(run: Run, record: dict[str, Any]) -> None:
 
 
 def finish_run(run: Run, val: dict[str, Any] | None) -> None:
-    """A finished run draws its pictures; TensorBoard and the process group are closed."""
+    """A finished run draws its pictures and gives them and the best checkpoint to the tracker; the tracker and
+    the process group are closed."""
     run.ctx.barrier()
-    if run.ctx.is_main and run.history and run.history[-1]["epoch"] == run.cfg.train.epochs:
+    finished = bool(run.history) and run.history[-1]["epoch"] == run.cfg.train.epochs
+    if run.ctx.is_main and finished:
         if val is None or run.ctx.enabled:  # resumed after the last epoch was saved, or each process saw a share
             val = validate(run, whole=True)
         from vitlab.insight.run_figures import write_run_figures
 
-        write_run_figures(run.run_dir, run.history, run.data.classes, val, run.data.val,
-                          title=f"{run.data.name}: {run.run_dir.name}")
-    if run.board is not None:
-        run.board.close()
+        figures = write_run_figures(run.run_dir, run.history, run.data.classes, val, run.data.val,
+                                    title=f"{run.data.name}: {run.run_dir.name}")
+        run.tracker.log_files({**figures, "best": run.run_dir / "best.safetensors"})
+    run.tracker.close(finished)
     if run.ctx.enabled:
         torch.distributed.destroy_process_group()
 
@@ -453,16 +460,6 @@ def _synchronized_time(device: torch.device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return time.perf_counter()
-
-
-def tensorboard_writer(run_dir: Path):
-    """A SummaryWriter into ``RUN_DIR/tensorboard`` (``tensorboard --logdir runs`` shows every run)."""
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError as exc:
-        raise ValueError("--train.tensorboard needs the tensorboard package: pip install \"vitlab[tensorboard]\" "
-                         "(or leave --train.tensorboard off; metrics.jsonl and figures/ have the same numbers)") from exc
-    return SummaryWriter(log_dir=str(run_dir / "tensorboard"))
 
 
 def backbone_frozen(ft: FinetuneConfig | None, epoch: int) -> bool:
