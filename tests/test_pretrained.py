@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -706,17 +707,38 @@ def test_every_registry_entry_preprocesses_as_its_source_defines(name):
         cfg = timm.models.get_pretrained_cfg(name).to_dict()
         crop = cfg["input_size"][1:]
         expected = (tuple(crop), math.floor(min(crop) / cfg["crop_pct"]), cfg["interpolation"], tuple(cfg["mean"]),
-                    tuple(cfg["std"]))
+                    tuple(cfg["std"]), cfg.get("crop_mode", "center"))
     elif entry.source_format == "torchvision":
         from torchvision.models import ViT_B_16_Weights
 
         t = ViT_B_16_Weights.IMAGENET1K_V1.transforms()
-        expected = ((t.crop_size[0],) * 2, t.resize_size[0], t.interpolation.value, tuple(t.mean), tuple(t.std))
+        expected = ((t.crop_size[0],) * 2, t.resize_size[0], t.interpolation.value, tuple(t.mean), tuple(t.std), "center")
     elif entry.source_format == "hf":
         transformers = pytest.importorskip("transformers")
         p = transformers.ViTImageProcessor()
         resample = {2: "bilinear", 3: "bicubic"}[int(p.resample)]
-        expected = ((p.size["height"], p.size["width"]), p.size["height"], resample, tuple(p.image_mean), tuple(p.image_std))
-    else:  # Google's .npz: their input pipeline resizes to the model's size, pixels scaled to [-1, 1]
-        expected = ((224, 224), 224, "bilinear", (0.5,) * 3, (0.5,) * 3)
-    assert (tuple(prep.crop_size), prep.resize_size, prep.interpolation, tuple(prep.mean), tuple(prep.std)) == expected
+        expected = ((p.size["height"], p.size["width"]), p.size["height"], resample, tuple(p.image_mean), tuple(p.image_std),
+                    "squash" if p.do_resize and not getattr(p, "do_center_crop", False) else "center")
+    else:  # Google's .npz and its TF-Hub export: their input pipeline resizes to the model's size, pixels in [-1, 1]
+        expected = ((224, 224), 224, "bilinear", (0.5,) * 3, (0.5,) * 3, "squash")
+    assert (tuple(prep.crop_size), prep.resize_size, prep.interpolation, tuple(prep.mean), tuple(prep.std),
+            prep.crop_mode) == expected
+
+
+def test_squash_preprocessing_equals_the_hugging_face_image_processor():
+    """A wide photo through the HF entry's transform and through transformers' ViTImageProcessor (resize to 224x224,
+    no crop): the same pixels; the shorter-side-and-crop transform would cut the sides off instead."""
+    transformers = pytest.importorskip("transformers")
+    rng = np.random.default_rng(0)
+    photo = Image.fromarray(rng.integers(0, 256, (180, 400, 3), dtype=np.uint8))
+    ours = WEIGHTS["vit_base_patch16_224.hf_google"].preprocessing.transform()(photo)
+    theirs = torch.from_numpy(transformers.ViTImageProcessor()(photo, return_tensors="np")["pixel_values"][0])
+    assert ours.shape == theirs.shape == (3, 224, 224)
+    assert (ours - theirs).abs().max() < 2 / 255 * 2  # PIL resampling on both sides; at most a rounding step apart
+    assert (ours - theirs).abs().mean() < 1e-3
+    from vitlab.data.datasets import resize_and_crop
+
+    squashed = resize_and_crop(photo, (224, 224), 1.0, "bilinear", "squash")
+    assert squashed.size == (224, 224)
+    centered = resize_and_crop(photo, (224, 224), 1.0, "bilinear", "center")
+    assert np.abs(np.asarray(squashed, dtype=float) - np.asarray(centered, dtype=float)).mean() > 20

@@ -86,11 +86,12 @@ def cmd_weights(argv: list[str]) -> int:
         aliases = [a for a, target in WEIGHT_ALIASES.items() if target == name]
         top1 = (f"ImageNet top-1 {w.meta['top1']}%" if w.meta.get("top1") else
                 f"{w.config.num_classes}-class head" + ("" if w.config.num_classes != 1000 else ", top-1 not recorded"))
+        p = w.preprocessing
+        resize = f"{p.resize_size} x {p.resize_size} (squash)" if p.crop_mode == "squash" else f"shorter side {p.resize_size}"
         print(f"{name}{'  (also: ' + ', '.join(aliases) + ')' if aliases else ''}\n"
               f"    {w.source_format} layout, {w.meta.get('params', 0):,} params, {top1}, pretrained on "
               f"{w.meta.get('pretrain')}, {w.meta.get('license')}; source: {w.hf_repo or w.url}\n"
-              f"    preprocessing: resize {w.preprocessing.resize_size} ({w.preprocessing.interpolation}), crop "
-              f"{w.preprocessing.crop_size[0]}, mean {w.preprocessing.mean}, std {w.preprocessing.std}")
+              f"    preprocessing: resize {resize} ({p.interpolation}), crop {p.crop_size[0]}, mean {p.mean}, std {p.std}")
     return 0
 
 

@@ -68,6 +68,9 @@ class DataConfig:
     """Resampling when images are resized to the model's img_size."""
     crop_pct: float = 1.0
     """Image folders and hf: sources: resize the shorter side to img_size / crop_pct, then center-crop (timm's crop_pct)."""
+    crop_mode: Literal["center", "squash"] = "center"
+    """center: keep the aspect ratio (shorter side, then the center crop); squash: resize height and width to
+    img_size / crop_pct each (Hugging Face's and Google's ViT preprocessing), then center-crop."""
     hf_config: Optional[str] = None
     """hf: the data set's configuration (subset) name, for Hub data sets that have several."""
     hf_revision: Optional[str] = None

@@ -49,7 +49,8 @@ def timm_config(cfg: ViTConfig, classes: list[str], preprocessing: dict[str, Any
         },
         "pretrained_cfg": {
             "input_size": [cfg.in_chans, *cfg.img_size], "fixed_input_size": True,
-            "interpolation": preprocessing.get("interpolation", "bicubic"), "crop_pct": crop, "crop_mode": "center",
+            "interpolation": preprocessing.get("interpolation", "bicubic"), "crop_pct": crop,
+            "crop_mode": preprocessing.get("crop_mode", "center"),
             "mean": list(preprocessing["mean"]), "std": list(preprocessing["std"]), "num_classes": cfg.num_classes,
             "first_conv": "patch_embed.proj", "classifier": "head",
         },

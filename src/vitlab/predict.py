@@ -15,7 +15,7 @@ from vitlab.training.checkpoint import load_checkpoint
 
 
 def load_image(path: str | Path, in_chans: int, image_size: tuple[int, int] | None = None, crop_pct: float = 1.0,
-               interpolation: str = "bicubic") -> torch.Tensor:
+               interpolation: str = "bicubic", crop_mode: str = "center") -> torch.Tensor:
     """Read an image file as uint8 (C, H, W) with the model's channel count, resized and cropped
     as the training data was (shorter side to ``image_size / crop_pct``, center crop)."""
     from torchvision.transforms.v2 import functional as TF
@@ -25,7 +25,7 @@ def load_image(path: str | Path, in_chans: int, image_size: tuple[int, int] | No
         raise FileNotFoundError(f"image {path} does not exist")
     img = open_image(path, "L" if in_chans == 1 else "RGB")
     if image_size is not None:
-        img = resize_and_crop(img, image_size, crop_pct, interpolation)
+        img = resize_and_crop(img, image_size, crop_pct, interpolation, crop_mode)
     return TF.pil_to_tensor(img)
 
 
@@ -68,28 +68,28 @@ def load_model_images(model: torch.nn.Module, info: dict, paths: list[str | Path
     """Image files as uint8 (B, C, H, W), resized and cropped as the model's data was."""
     prep = info["preprocessing"]
     return torch.stack([load_image(p, model.cfg.in_chans, tuple(model.cfg.img_size), prep.get("crop_pct", 1.0),
-                                   prep.get("interpolation", "bicubic")) for p in paths])
+                                   prep.get("interpolation", "bicubic"), prep.get("crop_mode", "center")) for p in paths])
 
 
 def to_image_tensor(image, in_chans: int, image_size: tuple[int, int], crop_pct: float = 1.0,
-                    interpolation: str = "bicubic") -> torch.Tensor:
+                    interpolation: str = "bicubic", crop_mode: str = "center") -> torch.Tensor:
     """A file path, a PIL image, or an image tensor (C, H, W): uint8, or float in [0, 1]) as the uint8
     (C, H, W) the model's data was, resized and cropped the same way."""
     if isinstance(image, (str, Path)):
-        return load_image(image, in_chans, image_size, crop_pct, interpolation)
+        return load_image(image, in_chans, image_size, crop_pct, interpolation, crop_mode)
     if isinstance(image, torch.Tensor):
         if image.dim() != 3:
             raise ValueError(f"an image tensor is (channels, height, width); got shape {tuple(image.shape)}")
         if image.is_floating_point():
             image = (image.clamp(0, 1) * 255).round().to(torch.uint8)
-        return resize_and_crop(image, image_size, crop_pct, interpolation)
+        return resize_and_crop(image, image_size, crop_pct, interpolation, crop_mode)
     from PIL import Image
     from torchvision.transforms.v2 import functional as TF
 
     if not isinstance(image, Image.Image):
         raise TypeError(f"expected an image file path, a PIL image or a tensor, got {type(image).__name__}")
     return TF.pil_to_tensor(resize_and_crop(image.convert("L" if in_chans == 1 else "RGB"), image_size, crop_pct,
-                                            interpolation))
+                                            interpolation, crop_mode))
 
 
 @torch.no_grad()
@@ -109,7 +109,8 @@ def predict(model, images: list, topk: int = 5, device: str = "auto", errors: st
         items.append({"image": str(image) if isinstance(image, (str, Path)) else f"image {i}"})
         try:
             tensors.append(to_image_tensor(image, model.cfg.in_chans, tuple(model.cfg.img_size),
-                                           prep.get("crop_pct", 1.0), prep.get("interpolation", "bicubic")))
+                                           prep.get("crop_pct", 1.0), prep.get("interpolation", "bicubic"),
+                                           prep.get("crop_mode", "center")))
         except (BadImageError, FileNotFoundError, ValueError, TypeError) as exc:
             if errors == "raise":
                 raise

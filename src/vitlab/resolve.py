@@ -65,7 +65,7 @@ def resolve_config(preset: str | RunConfig | None = None, config: str | Path | S
         merged["finetune"] = FINETUNE_BASE.to_dict()["finetune"]
     explicit = _dotted(user) if not isinstance(preset, RunConfig) else _dotted(merged) - {"model.num_classes"}
     if isinstance(preset, RunConfig) and finetune:  # a RunConfig's preprocessing defaults are not choices
-        explicit -= {"data.interpolation", "data.crop_pct"}
+        explicit -= {"data.interpolation", "data.crop_pct", "data.crop_mode"}
     if finetune:
         _from_weights(merged, explicit)
     if facts:
@@ -216,7 +216,8 @@ def _from_weights(d: dict[str, Any], explicit: set[str]) -> None:
     data = d["data"]
     if "data.mean" not in explicit and "data.std" not in explicit and data.get("mean") is None and data.get("std") is None:
         data["mean"], data["std"] = list(prep.mean), list(prep.std)
-    for key, value in (("interpolation", prep.interpolation), ("crop_pct", round(prep.crop_pct, 4))):
+    for key, value in (("interpolation", prep.interpolation), ("crop_pct", round(prep.crop_pct, 4)),
+                       ("crop_mode", prep.crop_mode)):
         if f"data.{key}" not in explicit:
             data[key] = value
     if "data.augment" not in explicit:

@@ -319,8 +319,10 @@ def refuse_unusable_classes(folder: Path, classes: list[str], counts: dict[str, 
                          "remove them or add images")
 
 
-def resize_and_crop(image, image_size: tuple[int, int], crop_pct: float = 1.0, interpolation: str = "bicubic"):
-    """Shorter side to ``min(image_size) / crop_pct``, then a center crop to ``image_size``.
+def resize_and_crop(image, image_size: tuple[int, int], crop_pct: float = 1.0, interpolation: str = "bicubic",
+                    crop_mode: str = "center"):
+    """Shorter side to ``min(image_size) / crop_pct`` (``squash``: each side to its size / crop_pct), then a center
+    crop to ``image_size``.
 
     Works on PIL images (resampled by PIL, as timm's and torchvision's eval transforms do) and
     on uint8 tensors; returns the same kind.
@@ -331,7 +333,8 @@ def resize_and_crop(image, image_size: tuple[int, int], crop_pct: float = 1.0, i
     if tuple(size) == tuple(image_size) and crop_pct == 1.0:
         return image
     mode = TF.InterpolationMode.BICUBIC if interpolation == "bicubic" else TF.InterpolationMode.BILINEAR
-    image = TF.resize(image, [round(min(image_size) / crop_pct)], interpolation=mode, antialias=True)
+    target = [round(min(image_size) / crop_pct)] if crop_mode == "center" else [round(s / crop_pct) for s in image_size]
+    image = TF.resize(image, target, interpolation=mode, antialias=True)
     return TF.center_crop(image, list(image_size))
 
 
@@ -343,9 +346,10 @@ class FolderImages(Dataset):
     """
 
     def __init__(self, files: list[Path], labels: list[int], image_size: tuple[int, int] | None, mode: str,
-                 crop_pct: float = 1.0, interpolation: str = "bicubic", mark_bad: tuple[int, int] | None = None) -> None:
+                 crop_pct: float = 1.0, interpolation: str = "bicubic", mark_bad: tuple[int, int] | None = None,
+                 crop_mode: str = "center") -> None:
         self.files, self.labels, self.image_size, self.mode = files, labels, image_size, mode
-        self.crop_pct, self.interpolation, self.mark_bad = crop_pct, interpolation, mark_bad
+        self.crop_pct, self.interpolation, self.mark_bad, self.crop_mode = crop_pct, interpolation, mark_bad, crop_mode
 
     def __len__(self) -> int:
         return len(self.files)
@@ -362,7 +366,7 @@ class FolderImages(Dataset):
                 raise BadImageError(f"{exc}; {SKIP_HINT}") from None
             return torch.zeros(1 if self.mode == "L" else 3, *self.mark_bad, dtype=torch.uint8), -1
         if self.image_size is not None:
-            img = resize_and_crop(img, self.image_size, self.crop_pct, self.interpolation)
+            img = resize_and_crop(img, self.image_size, self.crop_pct, self.interpolation, self.crop_mode)
         return TF.pil_to_tensor(img), self.labels[i]
 
 
@@ -397,9 +401,9 @@ def _folder_split(folder: Path, cfg: DataConfig, image_size, classes: list[str] 
     if nbytes > cfg.max_cache_gib * 2**30:
         log.info("%s: %d images stream from disk (%.1f GiB > max_cache_gib)", folder, len(files), nbytes / 2**30)
         mark = size if cfg.skip_bad_images else None  # marked images are left out of each batch (loader.py)
-        dataset = FolderImages(files, labels, image_size, mode, cfg.crop_pct, cfg.interpolation, mark_bad=mark)
+        dataset = FolderImages(files, labels, image_size, mode, cfg.crop_pct, cfg.interpolation, mark, cfg.crop_mode)
         return ImageSplit(torch.tensor(labels), stream=dataset)
-    dataset = FolderImages(files, labels, image_size, mode, cfg.crop_pct, cfg.interpolation, mark_bad=size)
+    dataset = FolderImages(files, labels, image_size, mode, cfg.crop_pct, cfg.interpolation, size, cfg.crop_mode)
     images, bad = _cached_tensor(dataset, cfg, folder, size, progress)
     return without_bad_images(ImageSplit(torch.tensor(labels), images=images), bad, files, folder, cfg.skip_bad_images)
 
@@ -430,7 +434,8 @@ def without_bad_images(split: ImageSplit, bad: torch.Tensor, files: list[Path], 
 def _cached_tensor(dataset: FolderImages, cfg: DataConfig, folder: Path, size, progress: bool):
     """Decode every image once and keep the result as a safetensors file in the cache: (images, undecodable mask)."""
     fingerprint = hashlib.sha256(
-        json.dumps([str(folder.resolve()), list(size), dataset.mode, dataset.crop_pct, dataset.interpolation, "pil",
+        json.dumps([str(folder.resolve()), list(size), dataset.mode, dataset.crop_pct, dataset.interpolation,
+                    *([dataset.crop_mode] if dataset.crop_mode != "center" else []), "pil",
                     "8bit", len(dataset.files),
                     [(str(f.relative_to(folder)), f.stat().st_size, int(f.stat().st_mtime)) for f in dataset.files]])
         .encode()

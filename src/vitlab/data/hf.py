@@ -367,9 +367,10 @@ class HFImages(Dataset):
     """Decodes the images of a ``datasets.Dataset`` to uint8 tensors (C, H, W), as :class:`FolderImages` decodes files."""
 
     def __init__(self, ds, column: str, labels: torch.Tensor, image_size: tuple[int, int] | None, mode: str,
-                 crop_pct: float = 1.0, interpolation: str = "bicubic") -> None:
+                 crop_pct: float = 1.0, interpolation: str = "bicubic", crop_mode: str = "center") -> None:
         self.ds, self.column, self.labels = ds.select_columns([column]), column, labels
         self.image_size, self.mode, self.crop_pct, self.interpolation = image_size, mode, crop_pct, interpolation
+        self.crop_mode = crop_mode
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -385,14 +386,14 @@ class HFImages(Dataset):
         for i, img in zip(indices, self.ds[list(indices)][self.column]):
             img = img.convert(self.mode)
             if self.image_size is not None:
-                img = resize_and_crop(img, self.image_size, self.crop_pct, self.interpolation)
+                img = resize_and_crop(img, self.image_size, self.crop_pct, self.interpolation, self.crop_mode)
             out.append((TF.pil_to_tensor(img), int(self.labels[i])))
         return out
 
 
 def _decode_split(ds, labels: torch.Tensor, cfg: DataConfig, split: str, column: str, size, mode: str,
                   image_size: tuple[int, int] | None, progress: bool) -> ImageSplit:
-    dataset = HFImages(ds, column, labels, image_size, mode, cfg.crop_pct, cfg.interpolation)
+    dataset = HFImages(ds, column, labels, image_size, mode, cfg.crop_pct, cfg.interpolation, cfg.crop_mode)
     channels = 1 if mode == "L" else 3
     nbytes = len(dataset) * channels * size[0] * size[1]
     if nbytes > cfg.max_cache_gib * 2**30:
@@ -402,7 +403,8 @@ def _decode_split(ds, labels: torch.Tensor, cfg: DataConfig, split: str, column:
              for f in ds.cache_files if os.path.exists(f["filename"])]
     fingerprint = hashlib.sha256(json.dumps(
         [cfg.dataset, cfg.hf_config, cfg.hf_revision, cfg.path, split, column, getattr(ds, "_fingerprint", None), files,
-         len(ds), list(size), mode, cfg.crop_pct, cfg.interpolation, "pil"]).encode()).hexdigest()[:16]
+         len(ds), list(size), mode, cfg.crop_pct, cfg.interpolation, *([cfg.crop_mode] if cfg.crop_mode != "center" else []),
+         "pil"]).encode()).hexdigest()[:16]
     name = cfg.dataset[len(HF_PREFIX):] + (f"-{Path(cfg.path).name}" if cfg.path else "")
     slug = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_.")[-48:]
     cache_file = cfg.resolved_cache_dir() / "tensors" / f"hf-{slug}-{split}-{fingerprint}.safetensors"

@@ -40,7 +40,7 @@ def explain_image(model: ViT, info: dict[str, Any], image, layer: int = -1, topk
     require_vit(model)
     prep = info["preprocessing"]
     pixels = to_image_tensor(image, model.cfg.in_chans, tuple(model.cfg.img_size), prep.get("crop_pct", 1.0),
-                             prep.get("interpolation", "bicubic"))  # uint8 (C, H, W), as the model's data was
+                             prep.get("interpolation", "bicubic"), prep.get("crop_mode", "center"))  # uint8 (C, H, W)
     device = next(model.parameters()).device
     logits, maps = attention_maps(model, model_preprocess(model, info)(pixels[None].to(device)))
     probs = logits.float().softmax(-1)[0].cpu()

@@ -63,6 +63,7 @@ class PretrainedInfo:
         p = self.preprocessing
         return {"mean": list(p.mean), "std": list(p.std), "image_size": list(self.config.img_size),
                 "in_chans": self.config.in_chans, "interpolation": p.interpolation, "crop_pct": p.crop_pct,
+                "crop_mode": p.crop_mode,
                 "pretrained": self.name}
 
 
@@ -196,9 +197,9 @@ def registry_entry_for(source: str) -> PretrainedWeights | None:
 
 
 def _default_preprocessing(source_format: str, size: tuple[int, int]) -> Preprocessing:
-    if source_format in ("npz", "hf", "tf_hub", "keras"):  # Google's releases and their ports: [-1, 1] pixels
+    if source_format in ("npz", "hf", "tf_hub", "keras"):  # Google's releases and their ports: [-1, 1] pixels, squash
         return Preprocessing(crop_size=size, resize_size=min(size), interpolation="bilinear",
-                             mean=INCEPTION_MEAN, std=INCEPTION_STD)
+                             mean=INCEPTION_MEAN, std=INCEPTION_STD, crop_mode="squash")
     return Preprocessing(crop_size=size, resize_size=round(min(size) / 0.875), interpolation="bicubic",
                          mean=IMAGENET_MEAN, std=IMAGENET_STD)
 
@@ -276,7 +277,7 @@ def load_pretrained(
         cfg = ViTConfig(**vitlab_info["model"])
         prep = vitlab_info.get("preprocessing", {})
         preprocessing = Preprocessing(crop_size=tuple(cfg.img_size), resize_size=round(min(cfg.img_size) / prep.get("crop_pct", 1.0)),
-                                      interpolation=prep.get("interpolation", "bicubic"),
+                                      interpolation=prep.get("interpolation", "bicubic"), crop_mode=prep.get("crop_mode", "center"),
                                       mean=tuple(prep.get("mean", IMAGENET_MEAN)), std=tuple(prep.get("std", IMAGENET_STD)))
         classes, name, meta = list(vitlab_info.get("classes", [])), str(path), {"epoch": vitlab_info.get("epoch")}
     elif entry is not None:

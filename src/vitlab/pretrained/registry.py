@@ -27,7 +27,8 @@ INCEPTION_MEAN = INCEPTION_STD = (0.5, 0.5, 0.5)  # Google's ViT releases scale 
 
 @dataclass(frozen=True)
 class Preprocessing:
-    """How images were prepared for the weights: resize the shorter side, center crop, normalise."""
+    """How images were prepared for the weights: resize (the shorter side, or both sides: ``squash``), center crop,
+    normalise."""
 
     crop_size: tuple[int, int] = (224, 224)
     resize_size: int = 248
@@ -35,11 +36,18 @@ class Preprocessing:
     interpolation: Literal["bicubic", "bilinear"] = "bicubic"
     mean: tuple[float, ...] = INCEPTION_MEAN
     std: tuple[float, ...] = INCEPTION_STD
+    crop_mode: Literal["center", "squash"] = "center"
+    """timm's ``crop_mode``: center keeps the aspect ratio; squash resizes to a square first (no aspect ratio kept)."""
 
     @property
     def crop_pct(self) -> float:
         """Fraction of the resized image the crop keeps (timm's ``crop_pct``)."""
         return min(self.crop_size) / self.resize_size
+
+    @property
+    def resize_shape(self) -> list[int]:
+        """squash: the (height, width) every image is resized to before the crop."""
+        return [round(side / self.crop_pct) for side in self.crop_size]
 
     def transform(self):
         """A torchvision transform: PIL image or uint8 tensor -> normalised float tensor (C, H, W)."""
@@ -49,7 +57,8 @@ class Preprocessing:
         mode = T.InterpolationMode.BICUBIC if self.interpolation == "bicubic" else T.InterpolationMode.BILINEAR
         return T.Compose([
             T.ToImage(),
-            T.Resize(self.resize_size, interpolation=mode, antialias=True),
+            T.Resize(self.resize_size if self.crop_mode == "center" else self.resize_shape, interpolation=mode,
+                     antialias=True),
             T.CenterCrop(list(self.crop_size)),
             T.ToDtype(torch.float32, scale=True),
             T.Normalize(list(self.mean), list(self.std)),
@@ -118,20 +127,20 @@ _DEIT_LIB = "timm (facebookresearch/deit)"
 def _tf_hub(name: str, variation: str, patch: int, top1: float, params: int, checkpoint: str) -> PretrainedWeights:
     """Sayak Paul's jax2tf export of an AugReg ViT (ImageNet-21k, fine-tuned on ImageNet-1k at 224) on Kaggle Models
     (formerly TF-Hub ``sayakpaul/<variation with _>/1``): a ``.tar.gz`` SavedModel, unpacked into the cache.
-    Preprocessing as its notebooks: ``tf.image.resize`` to 224x224 (bilinear), pixels / 127.5 - 1."""
+    Preprocessing as its notebooks: ``tf.image.resize`` to 224x224 (bilinear; squash), pixels / 127.5 - 1."""
     tfhub = variation.replace("-", "_")
     return PretrainedWeights(
         name,
         ViTConfig(img_size=224, patch_size=patch, num_classes=1000, embed_dim=768, depth=12, num_heads=12, norm_eps=1e-6),
-        "tf_hub", Preprocessing(resize_size=224, interpolation="bilinear", mean=INCEPTION_MEAN, std=INCEPTION_STD),
+        "tf_hub", Preprocessing(resize_size=224, interpolation="bilinear", mean=INCEPTION_MEAN, std=INCEPTION_STD,
+                                crop_mode="squash"),
         url=f"https://www.kaggle.com/api/v1/models/spsayakpaul/vision-transformer/tensorFlow2/{variation}/1/download",
         meta={"top1": top1, "params": params, "license": "apache-2.0", "paper": _AUGREG, "pretrain": "ImageNet-21k",
               "library": f"TF-Hub / Kaggle Models spsayakpaul/vision-transformer/tensorFlow2/{variation} "
                          f"(sayakpaul/ViT-jax2tf; {checkpoint})",
               "tfhub_url": f"https://tfhub.dev/sayakpaul/{tfhub}/1?tf-hub-format=compressed",
-              "note": "the source resizes the whole image to 224x224 (no crop, aspect ratio not kept); vitlab "
-                      "resizes the shorter side to 224 and center-crops. Reading it needs TensorFlow "
-                      "(pip install 'vitlab[tf]')"})
+              "note": "as the source, the whole image is resized to 224x224 (no crop, aspect ratio not kept). "
+                      "Reading it needs TensorFlow (pip install 'vitlab[tf]')"})
 _ENTRIES = [
     _timm_hub("vit_tiny_patch16_224.augreg_in21k_ft_in1k", _vit(192, 12, 3), _AUGREG_PREP, 75.45, 5_717_416, _AUGREG,
               "ImageNet-21k"),
@@ -150,7 +159,7 @@ _ENTRIES = [
               "pretrain": "ImageNet-1k", "library": "torchvision (ViT_B_16_Weights.IMAGENET1K_V1)"}),
     PretrainedWeights(
         "vit_base_patch16_224.google_in21k", _vit(768, 12, 12, classes=21843), "npz",
-        Preprocessing(resize_size=224, interpolation="bilinear"),
+        Preprocessing(resize_size=224, interpolation="bilinear", crop_mode="squash"),
         url="https://storage.googleapis.com/vit_models/imagenet21k/ViT-B_16.npz", categories=None,
         meta={"top1": None, "params": 102_595_923, "license": "apache-2.0", "paper": _VIT,
               "pretrain": "ImageNet-21k", "library": "google-research/vision_transformer (ViT-B_16.npz)",
@@ -162,7 +171,7 @@ _ENTRIES = [
             "B_8-i21k-300ep-lr_0.001-aug_medium2-wd_0.1-do_0.0-sd_0.0--imagenet2012-steps_20k-lr_0.01-res_224"),
     PretrainedWeights(
         "vit_base_patch16_224.hf_google", _vit(768, 12, 12, eps=1e-12), "hf",
-        Preprocessing(resize_size=224, interpolation="bilinear"),
+        Preprocessing(resize_size=224, interpolation="bilinear", crop_mode="squash"),
         hf_repo="google/vit-base-patch16-224", hf_file="model.safetensors",
         meta={"top1": None, "params": 86_567_656, "license": "apache-2.0", "paper": _VIT,
               "pretrain": "ImageNet-21k", "library": "Hugging Face transformers (ViTForImageClassification)"}),

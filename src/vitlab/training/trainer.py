@@ -52,7 +52,7 @@ def preprocessing_info(data: ImageData, cfg: RunConfig) -> dict[str, Any]:
     """What ``predict`` must do to a new image to match training."""
     return {"mean": list(data.mean), "std": list(data.std), "image_size": list(cfg.model.img_size),
             "in_chans": cfg.model.in_chans, "interpolation": cfg.data.interpolation, "crop_pct": cfg.data.crop_pct,
-            "dataset": data.name}
+            "crop_mode": cfg.data.crop_mode, "dataset": data.name}
 
 
 @dataclass
