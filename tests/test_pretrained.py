@@ -742,3 +742,17 @@ def test_squash_preprocessing_equals_the_hugging_face_image_processor():
     assert squashed.size == (224, 224)
     centered = resize_and_crop(photo, (224, 224), 1.0, "bilinear", "center")
     assert np.abs(np.asarray(squashed, dtype=float) - np.asarray(centered, dtype=float)).mean() > 20
+
+
+def test_imagenet_class_names_are_torchvisions_without_importing_its_model_zoo():
+    import subprocess
+    import sys
+
+    from torchvision.models import ViT_B_16_Weights
+
+    from vitlab.pretrained import class_names
+
+    assert class_names("imagenet-1k", 1000) == ViT_B_16_Weights.IMAGENET1K_V1.meta["categories"]
+    code = ("import sys; from vitlab.pretrained.registry import class_names; class_names('imagenet-1k', 1000); "
+            "print('torchvision.models' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cache
+from pathlib import Path
 from typing import Literal, Optional
 
 from vitlab.model import ViTConfig
@@ -205,9 +206,9 @@ def get_weights(name: str) -> PretrainedWeights:
 
 @cache
 def _imagenet_categories() -> tuple[str, ...]:
-    from torchvision.models import ViT_B_16_Weights
-
-    return tuple(ViT_B_16_Weights.IMAGENET1K_V1.meta["categories"])
+    """The 1,000 ImageNet class names, as torchvision's weights list them (a copy beside this file: reading it
+    costs nothing, importing torchvision's model zoo for them took a second)."""
+    return tuple((Path(__file__).with_name("imagenet_classes.txt")).read_text(encoding="utf-8").splitlines())
 
 
 def class_names(categories: str | None, num_classes: int) -> list[str]:
