@@ -132,3 +132,17 @@ def test_a_hub_repo_loads_by_name_from_the_hub_cache_offline(pattern_folder, tmp
     assert main(["predict", "hf-hub:someone/not-there", str(image)]) == 2
     err = capsys.readouterr().err
     assert "could not download the Hub repo someone/not-there" in err and "Traceback" not in err
+
+
+def test_the_card_of_a_fine_tuned_model_names_the_weights_and_their_licence():
+    from vitlab.hub import model_card
+
+    info = {"run_config": {"data": {"dataset": "imagefolder"}, "train": {"epochs": 3},
+                           "finetune": {"pretrained": "vit_tiny", "mode": "staged"}},
+            "classes": ["a", "b"], "metrics": {"val_acc": 0.9}, "epoch": 3, "preprocessing": {}}
+    card = model_card("runs/scenes", info, None, ["run_config.yaml"])
+    assert "license: apache-2.0" in card.split("---")[1]  # in the card's metadata, where the Hub reads it
+    assert "Fine-tuned from `vit_tiny` (How to train your ViT?" in card and "licence **apache-2.0**" in card
+    assert "vitlab finetune --config run_config.yaml" in card
+    scratch = model_card("runs/x", {**info, "run_config": {**info["run_config"], "finetune": None}}, None, [])
+    assert "license:" not in scratch and "from scratch" in scratch

@@ -221,3 +221,16 @@ def test_every_flag_a_message_names_exists():
                     unknown.setdefault(name, set()).add(path.name)
     assert "--finetune.pretrained_file" in unknown  # the scan sees the messages
     assert not {name: where for name, where in unknown.items() if name not in known}
+
+
+def test_a_fine_tuning_preset_is_the_base_that_flags_change(pattern_folder):
+    from vitlab.flags import parse_finetune_flags
+
+    _, cfg = parse_finetune_flags(["--preset", "scenes", "--data.path", str(pattern_folder), "--train.epochs", "2"])
+    assert (cfg.finetune.mode, cfg.finetune.layer_decay, cfg.finetune.head_epochs) == ("staged", 0.75, 1)
+    assert (cfg.train.epochs, cfg.train.batch_size, cfg.data.dataset) == (2, 32, "imagefolder")  # the flag wins
+    assert cfg.model.num_classes == 3 and cfg.model.embed_dim == 192 and cfg.data.crop_pct == round(224 / 248, 4)
+    _, default = parse_finetune_flags(["--data.path", str(pattern_folder), "--dataset", "imagefolder"])
+    assert default.finetune.mode == "full" and default.train.epochs == 5  # no preset: vitlab finetune's defaults
+    with pytest.raises(ConfigError, match="did you mean scenes"):
+        resolve_config("scene", finetune=True, overrides={"data": {"dataset": "imagefolder", "path": str(pattern_folder)}})

@@ -17,7 +17,7 @@ from pathlib import Path
 from jsonargparse import ArgumentParser
 
 from vitlab.flags import budget_overrides_epochs, given_flags, parse_finetune_flags, parse_train_flags, train_parser
-from vitlab.presets import MODEL_ALIASES, MODEL_PRESETS, RUN_PRESETS
+from vitlab.presets import FINETUNE_PRESETS, MODEL_ALIASES, MODEL_PRESETS, RUN_PRESETS
 
 __all__ = ["COMMANDS", "budget_overrides_epochs", "main", "parse_train_flags", "train_parser"]
 
@@ -380,6 +380,10 @@ def cmd_presets(argv: list[str]) -> int:
         m, t = cfg.model, cfg.train
         print(f"  {name:<16} {cfg.data.dataset}, {m.img_size[0]}x{m.img_size[1]} patch {m.patch_size[0]}, dim "
               f"{m.embed_dim}, depth {m.depth}, {t.epochs} epochs, {t.optimizer} lr {t.lr}")
+    print("fine-tuning presets (vitlab finetune --preset NAME):")
+    for name, cfg in FINETUNE_PRESETS.items():
+        t, ft = cfg.train, cfg.finetune
+        print(f"  {name:<16} {cfg.data.dataset}, from {ft.pretrained}, {ft.mode}, {t.epochs} epochs, {t.optimizer} lr {t.lr}")
     print("model presets (vitlab info NAME):")
     for name in MODEL_PRESETS:
         aliases = [a for a, target in MODEL_ALIASES.items() if target == name]

@@ -22,7 +22,7 @@ from jsonargparse import ActionConfigFile, ArgumentParser, Namespace, set_parsin
 from vitlab.baselines import ARCHITECTURES
 from vitlab.config import DataConfig, FinetuneConfig, RunConfig, TrainConfig
 from vitlab.model import ViTConfig
-from vitlab.presets import FINETUNE_BASE, RUN_PRESETS, run_config
+from vitlab.presets import FINETUNE_BASE, FINETUNE_DEFAULT, FINETUNE_PRESETS, RUN_PRESETS, run_config
 from vitlab.resolve import DEFAULT_PRESET, ConfigError, model_preset_settings, preset_name, resolve_config
 
 set_parsing_settings(docstring_parse_attribute_docstrings=True)  # the dataclasses' attribute docstrings are --help
@@ -71,6 +71,9 @@ def finetune_parser() -> ArgumentParser:
         "Fine-tune pretrained weights (timm, torchvision, Hugging Face, Google .npz) on a data set: a new "
         "zero-initialised head; the weights' architecture and preprocessing; linear probe, staged or full."))
     parser.add_argument("--config", action=ActionConfigFile, help="YAML file(s) with data/train/finetune sections")
+    parser.add_argument("--preset", default=None, choices=sorted(FINETUNE_PRESETS),
+                        help=f"fine-tuning recipe (default {FINETUNE_DEFAULT}: 5 epochs on CIFAR-10 from ViT-Ti/16; "
+                             "scenes: staged with layer decay for photos of scenes)")
     parser.add_argument("--pretrained", default=None, help="registry name (`vitlab weights`) or weights file "
                                                            "(the same as --finetune.pretrained)")
     parser.add_argument("--dataset", default=None, help="mnist, fashion_mnist, cifar10, cifar100, imagefolder or hf:NAME "
@@ -131,7 +134,7 @@ def parse_finetune_flags(argv: list[str]) -> tuple[Namespace, RunConfig]:
             given.setdefault(section, {})[key] = given.pop(flag)
     if args.resume:
         return args, RunConfig()
-    return args, resolve_config(finetune=True, overrides=given)
+    return args, resolve_config(given.pop("preset", None), finetune=True, overrides=given)
 
 
 def _parse(parser: ArgumentParser, argv: list[str], strict: bool) -> tuple[Namespace, dict[str, Any]]:

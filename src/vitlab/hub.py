@@ -122,8 +122,22 @@ def model_card(source: str | Path, info: dict[str, Any], why_not: str | None, ex
     if figures:
         lines += ["", "## Training", "", *figures]
     if ft:
-        lines += ["", f"Pretrained weights: `{ft['pretrained']}`; their licence applies to this model too."]
+        source = pretrained_source(ft["pretrained"])
+        licence = f"licence **{source['license']}**" if source.get("license") else "their licence"
+        paper = f" ({source['paper']})" if source.get("paper") else ""
+        lines += ["", "## Pretrained weights", "", f"Fine-tuned from `{ft['pretrained']}`{paper}; {licence} applies to "
+                  "this model too."]
+        if source.get("license"):
+            lines.insert(3, f"license: {source['license']}")
     return "\n".join(lines) + "\n"
+
+
+def pretrained_source(name: str) -> dict[str, Any]:
+    """What the registry knows about the weights a run was fine-tuned from (licence, paper), or nothing."""
+    from vitlab.pretrained.load import registry_entry_for
+
+    entry = registry_entry_for(str(name))
+    return dict(entry.meta) if entry is not None else {}
 
 
 def is_hub_folder(path: str | Path) -> bool:

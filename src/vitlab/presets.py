@@ -12,7 +12,8 @@ from vitlab.config import DataConfig, FinetuneConfig, RunConfig, TrainConfig
 from vitlab.model import MODEL_ALIASES, MODEL_PRESETS, ViTConfig, model_config
 from vitlab.names import did_you_mean
 
-__all__ = ["FINETUNE_AUGMENT", "FINETUNE_BASE", "MODEL_ALIASES", "MODEL_PRESETS", "RUN_PRESETS", "model_config", "run_config"]
+__all__ = ["FINETUNE_AUGMENT", "FINETUNE_BASE", "FINETUNE_DEFAULT", "FINETUNE_PRESETS", "MODEL_ALIASES", "MODEL_PRESETS",
+           "RUN_PRESETS", "finetune_config", "model_config", "run_config"]
 
 RUN_PRESETS: dict[str, RunConfig] = {
     # The default: >= 98.5% MNIST test accuracy in <= 5 minutes on a 2-core CPU (16 tokens of 7x7 pixels).
@@ -113,9 +114,31 @@ FINETUNE_BASE = RunConfig(
                       grad_clip=1.0),
     finetune=FinetuneConfig(),
 )
+FINETUNE_DEFAULT = "finetune"
+FINETUNE_PRESETS: dict[str, RunConfig] = {
+    FINETUNE_DEFAULT: FINETUNE_BASE,
+    # Real scene photos (buildings, forest, glacier, mountain, sea, street; 150 px) from ViT-Ti/16, measured in
+    # docs/results.md: the head for one epoch, then every layer with layer-wise decay; vitlab finetune --preset scenes
+    # --data.path DIR (an image folder with train/ and val/).
+    "scenes": replace(
+        FINETUNE_BASE,
+        data=DataConfig(dataset="imagefolder", augment="crop_flip"),
+        train=replace(FINETUNE_BASE.train, epochs=6, batch_size=32, lr=5e-4),
+        finetune=FinetuneConfig(mode="staged", head_epochs=1, backbone_lr_scale=0.2, layer_decay=0.75,
+                                drop_path_rate=0.1),
+    ),
+}
 # Fine-tuning's augmentation per data set unless set (a linear probe: none, so features can be computed once).
 FINETUNE_AUGMENT = {"mnist": "digits", "fashion_mnist": "flip", "cifar10": "crop_flip", "cifar100": "crop_flip",
                     "imagefolder": "crop_flip"}
+
+
+def finetune_config(name: str) -> RunConfig:
+    """The named fine-tuning recipe (``vitlab finetune --preset NAME``)."""
+    if name not in FINETUNE_PRESETS:
+        raise KeyError(f"unknown fine-tuning preset {name!r}; {did_you_mean(name, FINETUNE_PRESETS)}choose one of "
+                       f"{sorted(FINETUNE_PRESETS)}")
+    return FINETUNE_PRESETS[name]
 
 
 def run_config(name: str) -> RunConfig:

@@ -26,7 +26,7 @@ from vitlab.config import DataConfig, FinetuneConfig, RunConfig, TrainConfig
 from vitlab.data.probe import BUILTIN_FACTS, DataFacts, probe_data
 from vitlab.model import ViTConfig, model_config
 from vitlab.names import did_you_mean
-from vitlab.presets import FINETUNE_AUGMENT, FINETUNE_BASE, RUN_PRESETS, run_config
+from vitlab.presets import FINETUNE_AUGMENT, FINETUNE_BASE, FINETUNE_DEFAULT, RUN_PRESETS, finetune_config, run_config
 
 DEFAULT_PRESET = "mnist"
 PHOTO_PRESET = "photos"
@@ -59,7 +59,7 @@ def resolve_config(preset: str | RunConfig | None = None, config: str | Path | S
     user = _merge(*(_sections(layer, where) for layer, where in _layers(config)), _sections(overrides or {}, "overrides"))
     finetune = finetune or "finetune" in user or (isinstance(preset, RunConfig) and preset.finetune is not None)
     name = preset_name(preset, user, finetune)
-    base = preset if isinstance(preset, RunConfig) else (FINETUNE_BASE if finetune else _named_preset(name))
+    base = preset if isinstance(preset, RunConfig) else _named_preset(name, finetune)
     merged = _merge(base.to_dict(), {k: v for k, v in user.items() if k != "preset"})
     if finetune and "finetune" not in merged:
         merged["finetune"] = FINETUNE_BASE.to_dict()["finetune"]
@@ -75,10 +75,12 @@ def resolve_config(preset: str | RunConfig | None = None, config: str | Path | S
 
 def preset_name(preset: str | RunConfig | None, user: Mapping[str, Any], finetune: bool = False) -> str | None:
     """The run preset that gives the defaults: the one named, else the one the data set calls for."""
-    if isinstance(preset, RunConfig) or finetune:
+    if isinstance(preset, RunConfig):
         return None
     if preset or user.get("preset"):
         return preset or user["preset"]
+    if finetune:
+        return FINETUNE_DEFAULT
     dataset = str(user.get("data", {}).get("dataset", "mnist")).lower().replace("-", "_")
     return dataset if dataset in BUILTIN_FACTS and dataset in RUN_PRESETS else PHOTO_PRESET
 
@@ -183,9 +185,9 @@ def _dotted(nested: Mapping[str, Any]) -> set[str]:
             for inner in (v if isinstance(v, Mapping) else [None])}
 
 
-def _named_preset(name: str) -> RunConfig:
+def _named_preset(name: str, finetune: bool = False) -> RunConfig:
     try:
-        return run_config(name)
+        return finetune_config(name) if finetune else run_config(name)
     except KeyError as exc:
         raise ConfigError(f"--preset: {exc.args[0]}") from None
 
