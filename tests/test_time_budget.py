@@ -67,7 +67,7 @@ def capped_plan(monkeypatch):
 def test_a_budgeted_run_plans_its_epochs_and_equals_the_run_planned_by_hand(pattern_folder, tmp_path, capped_plan):
     cfg = tiny_run(pattern_folder, epochs=50, warmup_epochs=1.0, time_budget_s=10.0)
     result = train(cfg, tmp_path / "budget", progress=False)
-    (call,) = capped_plan  # planned once, after the first epoch
+    call = capped_plan[0]  # planned after the first epoch (a re-plan for drift keeps the cap)
     first = result.history[0]
     assert call["done"] == 1 and call["budget_s"] == 10.0
     assert first["elapsed_s"] <= call["elapsed_s"]  # counted from the start of train(), data loading included
@@ -132,3 +132,31 @@ def test_a_budget_that_is_not_positive_is_refused_before_training(pattern_folder
     with pytest.raises(ValueError, match="time_budget_s must be a positive"):
         train(tiny_run(pattern_folder, time_budget_s=0.0), tmp_path / "r", progress=False)
     assert not (tmp_path / "r").exists()
+
+
+def test_a_budgeted_run_plans_again_when_its_epochs_slow_down(pattern_folder, tmp_path, monkeypatch):
+    """The machine slows down after the plan (epoch 2 takes 5x the planned time): the remaining epochs are planned
+    again from that epoch's time, config.yaml gets the new total and the schedule ends at it."""
+    plans = []
+
+    def plan(budget_s, elapsed_s, epoch_s, done_epochs=1):
+        plans.append({"epoch_s": epoch_s, "done": done_epochs})
+        return 6 if done_epochs == 1 else 3  # the plan, then the re-plan
+
+    real_record = trainer_module.epoch_record
+
+    def slow_from_epoch_2(run, epoch, stats, val):
+        record = real_record(run, epoch, stats, val)
+        if epoch >= 1:
+            record["epoch_s"] = 5 * run.planned_epoch_s if run.planned_epoch_s else record["epoch_s"]
+        return record
+
+    monkeypatch.setattr(trainer_module, "planned_epochs", plan)
+    monkeypatch.setattr(trainer_module, "epoch_record", slow_from_epoch_2)
+    cfg = tiny_run(pattern_folder, epochs=50, warmup_epochs=0.5, time_budget_s=3.0)
+    result = train(cfg, tmp_path / "slow", progress=False)
+    assert [p["done"] for p in plans] == [1, 2]  # planned once, re-planned once (after that, on the new pace)
+    assert plans[1]["epoch_s"] == pytest.approx(5 * plans[0]["epoch_s"])
+    assert [h["epoch"] for h in result.history] == [1, 2, 3]
+    assert yaml.safe_load((tmp_path / "slow" / "config.yaml").read_text())["train"]["epochs"] == 3
+    assert result.history[-1]["lr"] <= 0.05 * cfg.train.lr  # the cosine ran to its end over the new total

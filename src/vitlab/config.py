@@ -131,7 +131,7 @@ class TrainConfig:
     compile: bool = False
     """Run the training step through ``torch.compile`` (slower start, faster steps; needs a C++ compiler on CPU)."""
     precision: Literal["auto", "fp32", "bf16"] = "auto"
-    """auto: bf16 autocast on CUDA, fp32 on CPU."""
+    """auto: bf16 autocast on CUDA, fp32 on the CPU (with or without AMX: bf16 training steps measured slower there)."""
     device: str = "auto"
     """auto (CUDA when available, else CPU), cpu, cuda, cuda:N or mps."""
     seed: int = 0

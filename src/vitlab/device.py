@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+from functools import cache
+from pathlib import Path
 
 import torch
+
+CPUINFO = Path("/proc/cpuinfo")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -14,9 +18,36 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+@cache
+def cpu_has_amx_bf16() -> bool:
+    """Whether the CPU has Intel AMX with bf16 tiles (``amx_bf16`` among /proc/cpuinfo's flags)."""
+    try:
+        return any(line.startswith("flags") and " amx_bf16" in line for line in CPUINFO.read_text().splitlines())
+    except OSError:
+        return False
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """The precision ``auto`` means for a training or validation step on ``device``: bf16 autocast on CUDA; fp32 on
+    the CPU, with or without AMX. Measured with ``benchmarks/throughput.py`` on two AMX-BF16 Xeons (docs/results.md):
+    a bf16 matrix product runs 6-7x faster, but a bf16 autocast training step ran at 0.25-0.55x of fp32 (the casts,
+    LayerNorm/softmax/GELU outside AMX and SDPA's backward dominate ViTs of these sizes), for timm's model as for ours.
+    Explicit ``fp32`` and ``bf16`` are taken as given."""
+    if precision != "auto":
+        return precision
+    return "bf16" if device.type == "cuda" else "fp32"
+
+
 def autocast_context(device: torch.device, precision: str):
-    """bf16 autocast for ``precision`` bf16, or auto on CUDA; else nothing (fp32)."""
-    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
-    if use_bf16:
+    """bf16 autocast when :func:`resolve_precision` says bf16; else nothing (fp32)."""
+    if resolve_precision(precision, device) == "bf16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def precision_note(precision: str, device: torch.device) -> str | None:
+    """A warning for bf16 on a CPU without AMX, where torch emulates it (slow); None otherwise."""
+    if resolve_precision(precision, device) == "bf16" and device.type == "cpu" and not cpu_has_amx_bf16():
+        return ("--train.precision bf16 on a CPU without AMX-BF16: bf16 is emulated there and runs several times "
+                "slower than fp32; --train.precision auto (fp32 on the CPU) is faster")
+    return None

@@ -5,7 +5,9 @@ wastes time on a faster one. With ``--train.time_budget_s`` the first epoch is t
 taken after the first steps (which compile kernels and warm caches) and before the last one (a
 smaller last batch makes a compiled model compile again), and the number of epochs
 becomes what fits in the rest of the budget; the cosine schedule then runs over exactly those
-epochs. The plan is written to the run's ``config.yaml``, so a resumed run keeps it. When the
+epochs. When a later epoch's time drifts more than 10% from the plan's, the rest is planned again from it
+(:func:`vitlab.training.trainer.replan_if_drifted`). The plan is written to the run's ``config.yaml``, so a resumed
+run keeps it. When the
 warm-up lasts at least the first epoch, that epoch's learning rates do not depend on the total,
 and the run is the same as one started with ``--train.epochs N``.
 """

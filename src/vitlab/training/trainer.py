@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from vitlab.baselines import build_model, model_flops
 from vitlab.config import FinetuneConfig, RunConfig, TrainConfig
 from vitlab.data import ImageData, ImageSplit, Preprocess, iterate_batches, load_data, num_batches
-from vitlab.device import autocast_context, resolve_device
+from vitlab.device import autocast_context, precision_note, resolve_device
 from vitlab.model import ViT
 from vitlab.resolve import ConfigError, resolve_config, with_planned_epochs
 from vitlab.training.budget import WARM_STEPS, epoch_seconds, planned_epochs
@@ -92,7 +92,10 @@ def train(cfg: RunConfig | None, run_dir: str | Path, resume: bool = False, prog
             if plan_budget:
                 plan_epochs(run, stats, called)
                 plan_budget = False
-            save_epoch(run, epoch_record(run, epoch, stats, val))
+            record = epoch_record(run, epoch, stats, val)
+            if run.planned_epoch_s and epoch > run.start_epoch:  # later epochs: follow the machine's real pace
+                replan_if_drifted(run, record)
+            save_epoch(run, record)
             epoch += 1
     except BaseException as exc:  # a failed start leaves nothing behind (Ctrl-C keeps it: --resume starts it again)
         if run is not None:
@@ -134,6 +137,7 @@ class Run:
     tracker: Tracker = field(default_factory=Tracker)
     compiled: torch.nn.Module | None = None
     ddp: tuple[torch.nn.Module, bool] | None = None  # the DDP wrapper and the trainable set it was made for
+    planned_epoch_s: float = 0.0  # a time budget's plan: the seconds per epoch it assumed
 
 
 def resumed_run_config(run_dir: Path, epochs: int | None) -> RunConfig:
@@ -163,6 +167,8 @@ def start_run(cfg: RunConfig, run_dir: Path, resume: bool, data: ImageData | Non
     progress = progress and ctx.is_main
     local_batch_size(tc.batch_size, ctx)  # the global batch must split evenly
     model, notes = build_run_model(cfg, fresh=state is None)  # fine-tuning: the weights are read first
+    if note := precision_note(tc.precision, device):
+        notes["precision"] = note
     data = data or load_data(cfg.data, image_size=cfg.model.img_size, seed=tc.seed, progress=progress,
                              channels=cfg.model.in_chans)
     if data.num_classes != cfg.model.num_classes:
@@ -389,15 +395,46 @@ def plan_epochs(run: Run, stats: EpochStats, called: float) -> None:
         epoch_s, elapsed_s = (v.item() / run.ctx.world_size for v in run.ctx.all_sum(torch.tensor(epoch_s),
                                                                                     torch.tensor(elapsed_s)))
     tc = run.cfg.train
-    run.cfg = with_planned_epochs(run.cfg, planned_epochs(tc.time_budget_s, elapsed_s, epoch_s, done_epochs=1))
+    set_planned_epochs(run, planned_epochs(tc.time_budget_s, elapsed_s, epoch_s, done_epochs=1))
+    run.planned_epoch_s = epoch_s
+    if run.progress:
+        tqdm.write(f"time budget {tc.time_budget_s:.0f} s: {elapsed_s:.0f} s used, {epoch_s:.1f} s per epoch "
+                   f"from now on -> {run.cfg.train.epochs} epochs in all")
+
+
+DRIFT = 0.1
+"""Re-plan a time-budgeted run when an epoch takes this much longer or shorter than the plan assumed."""
+
+
+def replan_if_drifted(run: Run, record: dict[str, Any]) -> None:
+    """After a later epoch of a time-budgeted run: when its time drifted more than :data:`DRIFT` from the plan
+    (another job on the machine, thermal limits, a faster compiled step), plan the remaining epochs again from that
+    epoch's time, so the run still ends within its budget; the schedule follows the new total."""
+    epoch_s, elapsed_s = record["epoch_s"], record["elapsed_s"]
+    if run.ctx.enabled:  # every process must plan the same number
+        epoch_s, elapsed_s = (v.item() / run.ctx.world_size for v in run.ctx.all_sum(torch.tensor(epoch_s),
+                                                                                    torch.tensor(elapsed_s)))
+    budget_s, left = run.cfg.train.time_budget_s, run.cfg.train.epochs - record["epoch"]
+    off_s = abs(epoch_s - run.planned_epoch_s)
+    if off_s <= DRIFT * run.planned_epoch_s or off_s * left < 0.01 * budget_s:  # noise, or too little to matter
+        return
+    before = run.cfg.train.epochs
+    epochs = max(record["epoch"], planned_epochs(budget_s, elapsed_s, epoch_s, record["epoch"]))
+    run.planned_epoch_s = epoch_s
+    if epochs != before:
+        set_planned_epochs(run, epochs)
+        if run.progress:
+            tqdm.write(f"time budget: epochs now take {epoch_s:.1f} s (planned {before} epochs) -> {epochs} epochs in all")
+
+
+def set_planned_epochs(run: Run, epochs: int) -> None:
+    """The run planned for ``epochs`` in all: configuration (written to config.yaml), schedule from the step reached."""
+    run.cfg = with_planned_epochs(run.cfg, epochs)
     run.scheduler = build_scheduler(run.optimizer, run.cfg.train, run.steps_per_epoch, run.cfg.finetune,
                                     steps_done=run.scheduler.last_epoch)
     run.info["run_config"] = run.cfg.to_dict()
     if run.ctx.is_main:
         write_run_config(run.run_dir, run.cfg)
-    if run.progress:
-        tqdm.write(f"time budget {tc.time_budget_s:.0f} s: {elapsed_s:.0f} s used, {epoch_s:.1f} s per epoch "
-                   f"from now on -> {run.cfg.train.epochs} epochs in all")
 
 
 def epoch_record(run: Run, epoch: int, stats: EpochStats, val: dict[str, Any]) -> dict[str, Any]:
