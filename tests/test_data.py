@@ -309,3 +309,46 @@ def test_a_subset_decodes_only_the_images_it_takes(pattern_folder, tmp_path, mon
     same = whole.train.subset(datasets._seeded_perm(len(whole.train), 3)[:7])  # what subsetting after decoding gave
     assert torch.equal(part.train.images, same.images) and torch.equal(part.train.labels, same.labels)
     assert torch.equal(part.val.labels, whole.val.subset(datasets._seeded_perm(len(whole.val), 4)[:5]).labels)
+
+
+def test_prefetched_batches_come_in_order_and_errors_and_early_stops_reach_the_thread():
+    import threading
+    import time
+
+    from vitlab.data.loader import prefetched
+
+    assert list(prefetched(iter(range(50)), depth=3)) == list(range(50))
+
+    def broken():
+        yield 1
+        raise OSError("disk gone")
+
+    got = []
+    with pytest.raises(OSError, match="disk gone"):
+        for item in prefetched(broken()):
+            got.append(item)
+    assert got == [1]
+    made = []
+
+    def endless():
+        for i in range(10**9):
+            made.append(i)
+            yield i
+
+    stream = prefetched(endless(), depth=2)
+    assert [next(stream) for _ in range(3)] == [0, 1, 2]
+    stream.close()  # the consumer stops: the thread stops too, a few items ahead at most
+    time.sleep(0.3)
+    assert len(made) <= 3 + 2 + 1 and not any(t.name == "vitlab-prefetch" and t.is_alive() for t in threading.enumerate())
+
+
+def test_pinned_batches_equal_plain_ones(pattern_folder):
+    from vitlab.config import DataConfig
+    from vitlab.data import load_data
+
+    if not torch.cuda.is_available():  # pinning needs a CUDA driver; the plain path is checked everywhere else
+        pytest.skip("page-locked memory needs CUDA")
+    data = load_data(DataConfig(dataset="imagefolder", path=str(pattern_folder), num_workers=0), image_size=(16, 16), seed=0)
+    plain = list(iterate_batches(data.train, 8))
+    pinned = list(iterate_batches(data.train, 8, pin_memory=True))
+    assert all(torch.equal(a[0], b[0]) and b[0].is_pinned() for a, b in zip(plain, pinned))

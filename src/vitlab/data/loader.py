@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import queue
+import threading
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
 
 import torch
 
@@ -16,12 +19,15 @@ def iterate_batches(
     generator: torch.Generator | None = None,
     num_workers: int = 0,
     shard: tuple[int, int] | None = None,
+    pin_memory: bool = False,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield (uint8 images (B, C, H, W), int64 labels (B,)); the last batch may be smaller.
 
     ``shard=(rank, world_size)``: ``batch_size`` is the global batch and this process gets the
     rank-th equal part of each one (data-parallel training). A last global batch too small to
     give every process an image is dropped, so all processes take the same number of steps.
+    Batches are gathered ahead of use by a background thread (a memory-mapped store's pages are read while the
+    model computes), in page-locked memory with ``pin_memory`` (for a non-blocking copy to CUDA).
     """
     n = len(split)
     order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
@@ -30,13 +36,13 @@ def iterate_batches(
         rank, world = shard
         batches = [chunk.tensor_split(world)[rank] for chunk in batches if len(chunk) >= world]
     if split.images is not None:
-        for index in batches:
-            yield split.images[index], split.labels[index]
+        gathered = ((split.images[index], split.labels[index]) for index in batches)
+        yield from prefetched(((x.pin_memory(), y.pin_memory()) for x, y in gathered) if pin_memory else gathered)
         return
     if not batches:
         return
     loader = torch.utils.data.DataLoader(split.stream, batch_sampler=[b.tolist() for b in batches],
-                                         num_workers=num_workers, persistent_workers=False)
+                                         num_workers=num_workers, persistent_workers=False, pin_memory=pin_memory)
     for images, labels in loader:
         labels = torch.as_tensor(labels, dtype=torch.long)
         keep = labels >= 0  # images that could not be decoded (--data.skip_bad_images) are left out
@@ -47,3 +53,44 @@ def num_batches(split: ImageSplit, batch_size: int, world_size: int = 1) -> int:
     """Steps per epoch, as :func:`iterate_batches` makes them (``world_size`` processes sharing each batch)."""
     full, rest = divmod(len(split), batch_size)
     return full + (1 if rest >= world_size else 0)
+
+
+T = TypeVar("T")
+_DONE = object()
+
+
+def prefetched(items: Iterable[T], depth: int = 2) -> Iterator[T]:
+    """``items`` in order, each made by a background thread up to ``depth`` ahead of its use; an exception there is
+    raised here, and stopping early (``close()``, ``break``) stops the thread."""
+    ready: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def offer(item) -> bool:
+        """Put ``item`` when there is room; False once the consumer has stopped."""
+        while not stop.is_set():
+            try:
+                ready.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not offer(item):
+                    return
+            offer(_DONE)
+        except BaseException as exc:  # handed to the consumer, raised there
+            offer(exc)
+
+    worker = threading.Thread(target=produce, name="vitlab-prefetch", daemon=True)
+    worker.start()
+    try:
+        while (item := ready.get()) is not _DONE:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        worker.join(timeout=5)

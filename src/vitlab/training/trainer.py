@@ -303,7 +303,8 @@ def train_epoch(run: Run, epoch: int, time_steps: bool) -> EpochStats:
     seen, epoch_start, warm_at, steady_end = 0, time.perf_counter(), None, None
     tracked = type(run.tracker) is not Tracker
     bar = tqdm(iterate_batches(run.train_split, tc.batch_size, shuffle=True, generator=order,
-                               num_workers=run.cfg.data.num_workers, shard=(ctx.rank, ctx.world_size)),
+                               num_workers=run.cfg.data.num_workers, shard=(ctx.rank, ctx.world_size),
+                               pin_memory=device.type == "cuda"),
                total=run.steps_per_epoch, desc=f"epoch {epoch + 1}/{tc.epochs}", leave=False, disable=not run.progress,
                dynamic_ncols=True)
     for step, (images, labels) in enumerate(bar):
