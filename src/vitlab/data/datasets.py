@@ -17,6 +17,7 @@ import contextlib
 import hashlib
 import json
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -370,18 +371,24 @@ class FolderImages(Dataset):
         return TF.pil_to_tensor(img), self.labels[i]
 
 
+def colour_mode(modes: Iterable[str]) -> str:
+    """The one colour mode for a whole set of images from the PIL modes of a sample of them: "L" when every one is
+    grayscale (8-bit, 16-bit, bilevel, with alpha), else "RGB" (folders, hf: sources and the probe decide alike)."""
+    return "L" if all(mode in GRAYSCALE_MODES for mode in modes) else "RGB"
+
+
 def split_mode(files: list[Path], sample: int = 64) -> str:
-    """"L" when every image of an even sample of ``files`` is grayscale (read from the headers), else "RGB": one
-    colour mode for a whole split, whatever image happens to come first."""
-    step = max(1, len(files) // sample)
-    for path in files[::step]:
-        try:
-            with Image.open(path) as im:
-                if im.mode not in GRAYSCALE_MODES:
-                    return "RGB"
-        except UNREADABLE:  # a broken file: the decoder reports it
-            continue
-    return "L"
+    """:func:`colour_mode` of an even sample of ``files``, read from their headers (a broken file is skipped: the
+    decoder reports it): one colour mode for a whole split, whatever image happens to come first."""
+    return colour_mode(mode for path in files[:: max(1, len(files) // sample)] if (mode := _header_mode(path)))
+
+
+def _header_mode(path: Path) -> str | None:
+    try:
+        with Image.open(path) as im:
+            return im.mode
+    except UNREADABLE:
+        return None
 
 
 def _folder_split(folder: Path, cfg: DataConfig, image_size, classes: list[str] | None, progress: bool,

@@ -41,12 +41,12 @@ from torch.utils.data import Dataset
 
 from vitlab.config import DataConfig
 from vitlab.data.datasets import (
-    GRAYSCALE_MODES,
     HF_PREFIX,
     NORMALIZATION,
     DataNotFoundError,
     ImageSplit,
     _split_off_validation,
+    colour_mode,
     resize_and_crop,
 )
 from vitlab.data.store import decode_once
@@ -339,8 +339,7 @@ def _pixel_mode(ds, column: str, sample: int = 32) -> str:
     """"L" when every image of an even sample is grayscale, else "RGB" (as image folders are read)."""
     n = len(ds)
     index = sorted({round(i * (n - 1) / max(1, sample - 1)) for i in range(min(n, sample))})
-    images = ds.select_columns([column])[index][column]
-    return "L" if all(img.mode in GRAYSCALE_MODES for img in images) else "RGB"
+    return colour_mode(img.mode for img in ds.select_columns([column])[index][column])
 
 
 def _common_size(hf, ds, column: str, split: str, source: str, expected: tuple | None) -> tuple[int, int]:

@@ -17,7 +17,6 @@ from pathlib import Path
 from vitlab.config import DataConfig
 from vitlab.data.datasets import (
     DATASETS,
-    GRAYSCALE_MODES,
     HF_PREFIX,
     IMAGE_EXTENSIONS,
     SKIP_HINT,
@@ -25,6 +24,7 @@ from vitlab.data.datasets import (
     BadImageError,
     DataNotFoundError,
     class_names,
+    colour_mode,
     folder_splits,
     refuse_unusable_classes,
 )
@@ -77,7 +77,7 @@ def probe_data(cfg: DataConfig) -> DataFacts:
     if not sizes:
         raise BadImageError(f"none of the images sampled under {train_dir} can be read; check the files ({SKIP_HINT} "
                             "once the rest are readable)")
-    channels = 1 if all(mode in GRAYSCALE_MODES for mode in modes) else 3
+    channels = 1 if colour_mode(modes) == "L" else 3
     return _facts(len(classes), channels, sizes)
 
 
