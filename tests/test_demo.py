@@ -124,3 +124,16 @@ def test_demo_page_predicts_an_example_in_headless_chromium(run, pattern_folder,
         assert np.asarray(Image.open(shot).convert("L"), dtype=np.float32).std() > 10
     finally:
         demo.close()
+
+
+def test_the_demo_command_listens_on_this_machine_only_and_shares_nothing_by_default(run, monkeypatch):
+    pytest.importorskip("gradio")
+    import vitlab.insight.demo as demo_module
+
+    seen = {}
+    monkeypatch.setattr(demo_module, "launch_demo", lambda *args: seen.update(args=args))
+    assert main(["demo", str(run)]) == 0
+    source, examples, host, port, share, topk, device = seen["args"]
+    assert (source, examples, host, port, share) == (str(run), [], "127.0.0.1", None, False)
+    assert main(["demo", str(run), "--share", "--host", "0.0.0.0", "--port", "7999"]) == 0
+    assert seen["args"][2:5] == ("0.0.0.0", 7999, True)
