@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import struct
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -44,16 +45,34 @@ def decode_once(dataset: Dataset, cache_file: Path, shape: tuple[int, ...], num_
 
 
 def _read(cache_file: Path) -> tuple[torch.Tensor, torch.Tensor] | None:
-    from safetensors.torch import load_file
-
+    """The store's tensors, mapped read-only and shared (``MAP_SHARED``): a private copy-on-write mapping, which
+    ``safetensors.torch.load_file`` makes, counts against the kernel's commit limit and fails for a store larger than
+    memory; a shared read-only one is backed by the file alone."""
     if not cache_file.exists():
         return None
     try:
-        stored = load_file(str(cache_file))  # memory-mapped, not copied
-        return stored["images"], stored.get("bad", torch.zeros(len(stored["images"]), dtype=torch.bool))
+        header_len = struct.unpack("<Q", cache_file.open("rb").read(8))[0]
+        with cache_file.open("rb") as f:
+            f.seek(8)
+            header = json.loads(f.read(header_len))
+        return _mapped(cache_file, 8 + header_len, header["images"]), _mapped(cache_file, 8 + header_len, header["bad"])
     except Exception as exc:  # a damaged store is rebuilt, not trusted
         log.warning("ignoring unreadable cache %s (%s)", cache_file, exc)
         return None
+
+
+def _mapped(path: Path, data_start: int, entry: dict) -> torch.Tensor:
+    """One tensor of a safetensors file (uint8 or bool), memory-mapped read-only; (images are only ever read: batches
+    are gathered copies)."""
+    dtype = {"U8": np.uint8, "BOOL": np.bool_}[entry["dtype"]]
+    begin, end = entry["data_offsets"]
+    shape = tuple(entry["shape"])
+    if end - begin != math.prod(shape):
+        raise ValueError(f"{path}: {entry} does not match its byte range")
+    array = np.memmap(path, dtype=dtype, mode="r", offset=data_start + begin, shape=shape)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "non-writable": the store is never written through it
+        return torch.from_numpy(array)
 
 
 def _write(dataset: Dataset, path: Path, shape: tuple[int, ...], num_workers: int, desc: str, progress: bool) -> None:
