@@ -352,3 +352,20 @@ def test_pinned_batches_equal_plain_ones(pattern_folder):
     plain = list(iterate_batches(data.train, 8))
     pinned = list(iterate_batches(data.train, 8, pin_memory=True))
     assert all(torch.equal(a[0], b[0]) and b[0].is_pinned() for a, b in zip(plain, pinned))
+
+
+def test_the_store_is_mapped_shared_and_read_only(tmp_path, pattern_folder):
+    """A private (copy-on-write) mapping counts against the kernel's commit limit, so a store larger than memory could
+    not be opened (found at 28.6 GB on a 24 GiB machine); the store must be a shared, read-only file mapping."""
+    maps = Path("/proc/self/maps")
+    if not maps.exists():
+        pytest.skip("needs Linux's /proc/self/maps")
+    from vitlab.config import DataConfig
+    from vitlab.data import load_data
+
+    cfg = DataConfig(dataset="imagefolder", path=str(pattern_folder), num_workers=0, cache_dir=str(tmp_path / "cache"))
+    data = load_data(cfg, image_size=(16, 16), progress=False)
+    stores = {str(p) for p in (tmp_path / "cache" / "tensors").glob("*.safetensors")}
+    mapped = [line.split() for line in maps.read_text().splitlines() if line.split()[-1] in stores]
+    assert mapped and all(fields[1] == "r--s" for fields in mapped), mapped  # read, shared; never written or private
+    assert data.train.images.shape[0] == 120 and int(data.train.images.float().mean()) > 0

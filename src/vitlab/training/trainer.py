@@ -23,7 +23,7 @@ from vitlab.data import ImageData, ImageSplit, Preprocess, iterate_batches, load
 from vitlab.device import autocast_context, precision_note, resolve_device
 from vitlab.model import ViT
 from vitlab.resolve import ConfigError, resolve_config, with_planned_epochs
-from vitlab.training.budget import WARM_STEPS, epoch_seconds, planned_epochs
+from vitlab.training.budget import SAFETY, WARM_STEPS, epoch_seconds, planned_epochs
 from vitlab.training.checkpoint import RESUME_FILE, load_resume_state, save_checkpoint, save_resume_state
 from vitlab.training.distributed import Distributed, local_batch_size, setup_distributed
 from vitlab.training.ema import weight_ema
@@ -138,6 +138,7 @@ class Run:
     compiled: torch.nn.Module | None = None
     ddp: tuple[torch.nn.Module, bool] | None = None  # the DDP wrapper and the trainable set it was made for
     planned_epoch_s: float = 0.0  # a time budget's plan: the seconds per epoch it assumed
+    plan_mark: tuple[int, float] = (0, 0.0)  # epochs done and run time (s) when it was made
 
 
 def resumed_run_config(run_dir: Path, epochs: int | None) -> RunConfig:
@@ -397,7 +398,10 @@ def plan_epochs(run: Run, stats: EpochStats, called: float) -> None:
                                                                                     torch.tensor(elapsed_s)))
     tc = run.cfg.train
     set_planned_epochs(run, planned_epochs(tc.time_budget_s, elapsed_s, epoch_s, done_epochs=1))
-    run.planned_epoch_s = epoch_s
+    mark_s = time.perf_counter() - run.started
+    if run.ctx.enabled:
+        mark_s = run.ctx.all_sum(torch.tensor(mark_s))[0].item() / run.ctx.world_size
+    run.planned_epoch_s, run.plan_mark = epoch_s, (1, mark_s)
     if run.progress:
         tqdm.write(f"time budget {tc.time_budget_s:.0f} s: {elapsed_s:.0f} s used, {epoch_s:.1f} s per epoch "
                    f"from now on -> {run.cfg.train.epochs} epochs in all")
@@ -408,20 +412,23 @@ DRIFT = 0.1
 
 
 def replan_if_drifted(run: Run, record: dict[str, Any]) -> None:
-    """After a later epoch of a time-budgeted run: when its time drifted more than :data:`DRIFT` from the plan
-    (another job on the machine, thermal limits, a faster compiled step), plan the remaining epochs again from that
-    epoch's time, so the run still ends within its budget; the schedule follows the new total."""
-    epoch_s, elapsed_s = record["epoch_s"], record["elapsed_s"]
+    """After a later epoch of a time-budgeted run: when the pace since the plan (the run's clock over the epochs
+    since, checkpoints included) drifted more than :data:`DRIFT` from the plan's (another job on the machine, thermal
+    limits, a faster compiled step), plan the remaining epochs again at that pace, keeping the first plan's margin,
+    so the run still ends within its budget; the schedule follows the new total."""
+    elapsed_s = record["elapsed_s"]
     if run.ctx.enabled:  # every process must plan the same number
-        epoch_s, elapsed_s = (v.item() / run.ctx.world_size for v in run.ctx.all_sum(torch.tensor(epoch_s),
-                                                                                    torch.tensor(elapsed_s)))
+        elapsed_s = run.ctx.all_sum(torch.tensor(elapsed_s))[0].item() / run.ctx.world_size
+    mark_epoch, mark_s = run.plan_mark
+    epoch_s = (elapsed_s - mark_s) / (record["epoch"] - mark_epoch)  # the real pace since the plan, saving included
     budget_s, left = run.cfg.train.time_budget_s, run.cfg.train.epochs - record["epoch"]
     off_s = abs(epoch_s - run.planned_epoch_s)
     if off_s <= DRIFT * run.planned_epoch_s or off_s * left < 0.01 * budget_s:  # noise, or too little to matter
         return
     before = run.cfg.train.epochs
-    epochs = max(record["epoch"], planned_epochs(budget_s, elapsed_s, epoch_s, record["epoch"]))
-    run.planned_epoch_s = epoch_s
+    # plan within SAFETY of the whole budget: a re-plan keeps the first plan's margin instead of eating into it
+    epochs = max(record["epoch"], planned_epochs(SAFETY * budget_s, elapsed_s, epoch_s, record["epoch"]))
+    run.planned_epoch_s, run.plan_mark = epoch_s, (record["epoch"], elapsed_s)
     if epochs != before:
         set_planned_epochs(run, epochs)
         if run.progress:
