@@ -140,11 +140,6 @@ def pretrained_source(name: str) -> dict[str, Any]:
     return dict(entry.meta) if entry is not None else {}
 
 
-def is_hub_folder(path: str | Path) -> bool:
-    path = Path(path)
-    return path.is_dir() and (path / "config.json").is_file() and (path / "model.safetensors").is_file()
-
-
 def load_hub_folder(repo_or_dir: str | Path, device: str | torch.device = "cpu") -> tuple[ViT, dict[str, Any]]:
     """A folder written by :func:`write_hub_folder`, or its Hub repo, as (model, info) like a checkpoint."""
     model = ViT.from_pretrained(repo_or_dir, device=device)

@@ -43,6 +43,7 @@ __all__ = [
     "MODEL_ALIASES",
     "model_config",
     "hub_folder",
+    "is_model_folder",
 ]
 
 
@@ -618,12 +619,18 @@ def model_config(name: str, **overrides) -> ViTConfig:
 HUB_FILES = ("config.json", "model.safetensors", "README.md")
 
 
+def is_model_folder(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a folder ``vitlab push --dir`` wrote (or one like it): config.json and model.safetensors."""
+    path = Path(path)
+    return path.is_dir() and all((path / name).is_file() for name in HUB_FILES[:2])
+
+
 def hub_folder(repo_or_dir: str | os.PathLike) -> Path:
     """The local folder of a pushed model: ``repo_or_dir`` itself if it is a folder, else the Hub repo
     ``user/name`` (or ``hf-hub:user/name``) downloaded into Hugging Face's cache."""
     path = Path(repo_or_dir)
     if path.is_dir():
-        if not (path / "config.json").is_file() or not (path / "model.safetensors").is_file():
+        if not is_model_folder(path):
             raise FileNotFoundError(f"{path} is not a model folder (it needs config.json and model.safetensors, "
                                     "as `vitlab push --dir` writes them)")
         return path

@@ -9,7 +9,8 @@ import torch
 from vitlab.data import Preprocess
 from vitlab.data.datasets import BadImageError, open_image, resize_and_crop
 from vitlab.device import resolve_device
-from vitlab.hub import is_hub_folder, load_hub_folder
+from vitlab.hub import load_hub_folder
+from vitlab.model import is_model_folder
 from vitlab.names import did_you_mean
 from vitlab.training.checkpoint import load_checkpoint
 
@@ -36,7 +37,7 @@ def load_model(source: str | Path, device: str | torch.device = "cpu") -> tuple[
     """
     from vitlab.training.checkpoint import CheckpointError
 
-    if str(source).startswith("hf-hub:") or is_hub_folder(source):  # written by `vitlab push`
+    if str(source).startswith("hf-hub:") or is_model_folder(source):  # written by `vitlab push`
         return load_hub_folder(source, device=device)
     try:
         return load_checkpoint(source, device=device)
@@ -66,9 +67,15 @@ def model_preprocess(model: torch.nn.Module, info: dict) -> Preprocess:
 
 def load_model_images(model: torch.nn.Module, info: dict, paths: list[str | Path]) -> torch.Tensor:
     """Image files as uint8 (B, C, H, W), resized and cropped as the model's data was."""
+    return torch.stack([model_image(p, model, info) for p in paths])
+
+
+def model_image(image, model: torch.nn.Module, info: dict) -> torch.Tensor:
+    """One image (file path, PIL image or tensor) as the uint8 (C, H, W) the model's data was: its channels and size,
+    resized and cropped as ``info["preprocessing"]`` says."""
     prep = info["preprocessing"]
-    return torch.stack([load_image(p, model.cfg.in_chans, tuple(model.cfg.img_size), prep.get("crop_pct", 1.0),
-                                   prep.get("interpolation", "bicubic"), prep.get("crop_mode", "center")) for p in paths])
+    return to_image_tensor(image, model.cfg.in_chans, tuple(model.cfg.img_size), prep.get("crop_pct", 1.0),
+                           prep.get("interpolation", "bicubic"), prep.get("crop_mode", "center"))
 
 
 def to_image_tensor(image, in_chans: int, image_size: tuple[int, int], crop_pct: float = 1.0,
@@ -103,14 +110,12 @@ def predict(model, images: list, topk: int = 5, device: str = "auto", errors: st
     dev = resolve_device(device)
     model, info = model if isinstance(model, tuple) else load_model(model, device=dev)
     model = model.to(dev).eval()
-    prep, classes = info["preprocessing"], info["classes"]
+    classes = info["classes"]
     items, tensors = [], []
     for i, image in enumerate(images):
         items.append({"image": str(image) if isinstance(image, (str, Path)) else f"image {i}"})
         try:
-            tensors.append(to_image_tensor(image, model.cfg.in_chans, tuple(model.cfg.img_size),
-                                           prep.get("crop_pct", 1.0), prep.get("interpolation", "bicubic"),
-                                           prep.get("crop_mode", "center")))
+            tensors.append(model_image(image, model, info))
         except (BadImageError, FileNotFoundError, ValueError, TypeError) as exc:
             if errors == "raise":
                 raise

@@ -92,14 +92,14 @@ def token_map(matrix: torch.Tensor, grid_size: tuple[int, int], num_prefix_token
     return rows[..., num_prefix_tokens:].reshape(*rows.shape[:-1], *grid_size)
 
 
-def rollout_and_heads(model: ViT, images: torch.Tensor, head_fusion: HeadFusion = "mean", discard_ratio: float = 0.0
-                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def rollout_and_heads(model: ViT, images: torch.Tensor, head_fusion: HeadFusion = "mean", discard_ratio: float = 0.0,
+                      layer: int = -1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One forward pass of a normalised image batch: logits, attention-rollout maps (B, gh, gw)
-    and the last layer's read-out attention per head (B, heads, gh, gw)."""
+    and ``layer``'s (default the last) read-out attention per head (B, heads, gh, gw)."""
     logits, maps = attention_maps(model, images)
     grid, prefix = model.cfg.grid_size, model.num_prefix_tokens
     rollout = token_map(attention_rollout(maps, head_fusion, discard_ratio, prefix), grid, prefix)
-    return logits, rollout, token_map(maps[max(maps)], grid, prefix)
+    return logits, rollout, token_map(maps[sorted(maps)[layer]], grid, prefix)
 
 
 def normalise_map(heat: torch.Tensor) -> torch.Tensor:

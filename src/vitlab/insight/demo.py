@@ -11,11 +11,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from vitlab.insight.attention import attention_maps, attention_rollout, overlay, token_map
-from vitlab.insight.explain import require_vit
+from vitlab.insight.attention import overlay
+from vitlab.insight.explain import explain_batch, require_vit
 from vitlab.insight.plots import figure_array, plot_head_maps
 from vitlab.model import ViT
-from vitlab.predict import model_preprocess, to_image_tensor
+from vitlab.predict import model_image
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 DISPLAY = 320
@@ -37,20 +37,11 @@ class Explanation:
 @torch.no_grad()
 def explain_image(model: ViT, info: dict[str, Any], image, layer: int = -1, topk: int = 5) -> Explanation:
     """Predict one image (a PIL image, file path or tensor) and draw where the model looked."""
-    require_vit(model)
-    prep = info["preprocessing"]
-    pixels = to_image_tensor(image, model.cfg.in_chans, tuple(model.cfg.img_size), prep.get("crop_pct", 1.0),
-                             prep.get("interpolation", "bicubic"), prep.get("crop_mode", "center"))  # uint8 (C, H, W)
-    device = next(model.parameters()).device
-    logits, maps = attention_maps(model, model_preprocess(model, info)(pixels[None].to(device)))
-    probs = logits.float().softmax(-1)[0].cpu()
-    top = probs.topk(min(topk, len(probs)))
-    grid, prefix = model.cfg.grid_size, model.num_prefix_tokens
-    rollout = token_map(attention_rollout(maps, "mean", 0.0, prefix), grid, prefix)[0].cpu()  # (gh, gw)
+    pixels = model_image(image, model, info)  # uint8 (C, H, W)
     layer = layer % model.cfg.depth
-    heads = token_map(maps[layer], grid, prefix)[0].cpu()  # (heads, gh, gw)
-    return Explanation({info["classes"][i]: float(p) for p, i in zip(top.values.tolist(), top.indices.tolist())},
-                       overlay(pixels, rollout).numpy(), figure_array(plot_head_maps(pixels, heads, layer)))
+    [result] = explain_batch(model, info, pixels[None], topk=topk, layer=layer)  # rollout (gh, gw), heads (H, gh, gw)
+    return Explanation(dict(zip(result["classes"], result["probs"])), overlay(pixels, result["rollout"]).numpy(),
+                       figure_array(plot_head_maps(pixels, result["heads"], layer)))
 
 
 def enlarged(picture: np.ndarray, size: int = DISPLAY) -> np.ndarray:

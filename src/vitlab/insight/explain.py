@@ -44,12 +44,13 @@ def require_vit(model: torch.nn.Module) -> None:
 
 @torch.no_grad()
 def explain_batch(model: ViT, info: dict, images: torch.Tensor, head_fusion: HeadFusion = "mean",
-                  discard_ratio: float = 0.0, topk: int = 3) -> list[dict]:
-    """Top-k predictions, rollout maps (gh, gw) and last-layer head maps (heads, gh, gw) of uint8 images."""
+                  discard_ratio: float = 0.0, topk: int = 3, layer: int = -1) -> list[dict]:
+    """Top-k predictions, rollout maps (gh, gw) and ``layer``'s (default the last) head maps (heads, gh, gw) of uint8
+    images."""
     require_vit(model)
     device = next(model.parameters()).device
     logits, rollout, heads = rollout_and_heads(model, model_preprocess(model, info)(images.to(device)), head_fusion,
-                                               discard_ratio)
+                                               discard_ratio, layer)
     probs = logits.float().softmax(-1).cpu()
     top = probs.topk(min(topk, probs.shape[1]), dim=1)
     classes = info["classes"]

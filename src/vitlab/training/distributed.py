@@ -39,6 +39,12 @@ class Distributed:
         dist.all_reduce(stacked, op=dist.ReduceOp.SUM)
         return list(stacked.unbind())
 
+    def mean(self, *values: float) -> list[float]:
+        """Each number averaged over the processes (as given on one): what every process must decide alike."""
+        if not self.enabled:
+            return list(values)
+        return [v.item() / self.world_size for v in self.all_sum(*(torch.tensor(float(x)) for x in values))]
+
     def sum_tensor(self, tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
         """``tensor`` (on the CPU) summed over the processes, reduced on ``device`` (NCCL reduces on the GPU)."""
         if not self.enabled:

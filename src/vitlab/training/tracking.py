@@ -38,6 +38,9 @@ def flat_params(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 class Tracker:
     """What the training loop calls; the base class tracks nothing (``--train.tracker none``)."""
 
+    active = False
+    """Whether anything is tracked (the loop reads the per-step loss only then)."""
+
     def log_step(self, step: int, metrics: dict[str, float]) -> None: ...
 
     def log_epoch(self, step: int, record: dict[str, Any]) -> None: ...
@@ -50,6 +53,8 @@ class Tracker:
 
 class TensorBoardTracker(Tracker):
     """Scalars and figures into ``RUN_DIR/tensorboard`` (``tensorboard --logdir runs`` shows every run)."""
+
+    active = True
 
     def __init__(self, run_dir: Path, config: dict[str, Any], run_id: str | None) -> None:
         from torch.utils.tensorboard import SummaryWriter
@@ -84,6 +89,8 @@ class TensorBoardTracker(Tracker):
 class MLflowTracker(Tracker):
     """One MLflow run in the experiment ``project`` of the tracking server ``MLFLOW_TRACKING_URI`` (MLflow's default
     otherwise); parameters, metrics and artifacts through ``MlflowClient`` (no global active run)."""
+
+    active = True
 
     def __init__(self, run_dir: Path, config: dict[str, Any], run_id: str | None, project: str) -> None:
         from mlflow.tracking import MlflowClient
@@ -124,6 +131,8 @@ class MLflowTracker(Tracker):
 
 class WandbTracker(Tracker):
     """One Weights & Biases run in ``project`` (``WANDB_MODE=offline`` keeps it on disk for ``wandb sync``)."""
+
+    active = True
 
     def __init__(self, run_dir: Path, config: dict[str, Any], run_id: str | None, project: str) -> None:
         import wandb

@@ -302,7 +302,6 @@ def train_epoch(run: Run, epoch: int, time_steps: bool) -> EpochStats:
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     seen, epoch_start, warm_at, steady_end = 0, time.perf_counter(), None, None
-    tracked = type(run.tracker) is not Tracker
     bar = tqdm(iterate_batches(run.train_split, tc.batch_size, shuffle=True, generator=order,
                                num_workers=run.cfg.data.num_workers, shard=(ctx.rank, ctx.world_size),
                                pin_memory=device.type == "cuda"),
@@ -319,7 +318,7 @@ def train_epoch(run: Run, epoch: int, time_steps: bool) -> EpochStats:
             warm_at = _synchronized_time(device)
         if time_steps and warm_at is not None and step + 2 == run.steps_per_epoch:  # the last batch is not timed:
             steady_end = _synchronized_time(device)  # a smaller one makes a compiled model compile again
-        if step % STEP_EVERY == 0 and tracked:
+        if step % STEP_EVERY == 0 and run.tracker.active:
             lr = max(g["lr"] for g in run.optimizer.param_groups)
             run.tracker.log_step(epoch * run.steps_per_epoch + step, {"loss": loss.item(), "lr": lr, "images_per_s": seen / max(
                 1e-9, time.perf_counter() - epoch_start)})
@@ -392,15 +391,10 @@ def plan_epochs(run: Run, stats: EpochStats, called: float) -> None:
     timed = run.steps_per_epoch - 1 - WARM_STEPS if stats.steady_end is not None else 0
     timed_s = stats.steady_end - stats.warm_at if timed > 0 else 0.0
     epoch_s = epoch_seconds(run.steps_per_epoch, timed, timed_s, stats.train_s, time.perf_counter() - stats.train_end)
-    elapsed_s = time.perf_counter() - called
-    if run.ctx.enabled:  # every process must plan the same number
-        epoch_s, elapsed_s = (v.item() / run.ctx.world_size for v in run.ctx.all_sum(torch.tensor(epoch_s),
-                                                                                    torch.tensor(elapsed_s)))
+    # every process must plan the same number: the times averaged over the processes
+    epoch_s, elapsed_s, mark_s = run.ctx.mean(epoch_s, time.perf_counter() - called, time.perf_counter() - run.started)
     tc = run.cfg.train
     set_planned_epochs(run, planned_epochs(tc.time_budget_s, elapsed_s, epoch_s, done_epochs=1))
-    mark_s = time.perf_counter() - run.started
-    if run.ctx.enabled:
-        mark_s = run.ctx.all_sum(torch.tensor(mark_s))[0].item() / run.ctx.world_size
     run.planned_epoch_s, run.plan_mark = epoch_s, (1, mark_s)
     if run.progress:
         tqdm.write(f"time budget {tc.time_budget_s:.0f} s: {elapsed_s:.0f} s used, {epoch_s:.1f} s per epoch "
@@ -416,9 +410,7 @@ def replan_if_drifted(run: Run, record: dict[str, Any]) -> None:
     since, checkpoints included) drifted more than :data:`DRIFT` from the plan's (another job on the machine, thermal
     limits, a faster compiled step), plan the remaining epochs again at that pace, keeping the first plan's margin,
     so the run still ends within its budget; the schedule follows the new total."""
-    elapsed_s = record["elapsed_s"]
-    if run.ctx.enabled:  # every process must plan the same number
-        elapsed_s = run.ctx.all_sum(torch.tensor(elapsed_s))[0].item() / run.ctx.world_size
+    [elapsed_s] = run.ctx.mean(record["elapsed_s"])  # every process must plan the same number
     mark_epoch, mark_s = run.plan_mark
     epoch_s = (elapsed_s - mark_s) / (record["epoch"] - mark_epoch)  # the real pace since the plan, saving included
     budget_s, left = run.cfg.train.time_budget_s, run.cfg.train.epochs - record["epoch"]
