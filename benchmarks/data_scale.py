@@ -11,6 +11,11 @@ width 64, depth 2: the data path dominates) for one epoch with `vitlab train` in
   a small ``--images``): DataLoader workers decode the JPEGs every epoch.
 * ``ram``: the throughput baseline, the same model on ``--data.train_subset --subset`` images, decoded into a small
   store that fits in the page cache.
+* ``--memory-cap-gib``: the store runs (and the read test) in a memory cgroup of that size, which holds their page
+  cache as well as their own memory: a store larger than the cap behaves as one larger than the machine's RAM, so the
+  case is measured in minutes at 30,000 images instead of hours at 200,000. The read test then picks 4,096 random
+  images of the training store, evicted from the page cache first, through a memory map (what vitlab did before) and
+  through vitlab's ``StoredImages``, and counts the bytes the kernel read (``/proc/self/io``).
 * ``--torchrun``: a cold cache, ``torchrun --nproc_per_node 2`` on ``--torchrun-images`` training images (gloo on the
   CPU, ``OMP_NUM_THREADS=1``) against one process on the same images: one store per split must be written.
 
@@ -21,6 +26,7 @@ parent once). Writes ``benchmarks/results/data-scale-<tag>.json`` and prints a M
     python benchmarks/data_scale.py --tag cpu-200k                                  # 200,000 images, all modes
     python benchmarks/data_scale.py --images 3000 --subset 1000 --tag tiny --work /tmp/ds-tiny --keep
     python benchmarks/data_scale.py --images 3000 --modes ram --torchrun --torchrun-images 2000 --tag tiny-ddp
+    python benchmarks/data_scale.py --images 30000 --subset 10000 --modes store,ram --memory-cap-gib 3 --tag cpu-30k-cap3
 """
 
 from __future__ import annotations
@@ -215,9 +221,25 @@ def stop_group(proc: subprocess.Popen) -> None:
             return
 
 
-def run_train(name: str, command: list[str], cache: Path, run_dir: Path, env: dict[str, str] | None = None) -> dict:
-    """Run ``command`` (a `vitlab train` writing ``run_dir``) with ``$VITLAB_CACHE_DIR=cache``: wall time, memory peaks
-    and the epoch's numbers from metrics.jsonl."""
+def memory_cgroup(cap_gib: float) -> Path:
+    """A memory cgroup limited to ``cap_gib`` (v2, else v1): its ``cgroup.procs`` file."""
+    limit = str(int(cap_gib * GIB))
+    for base, limit_file in ((Path("/sys/fs/cgroup"), "memory.max"), (Path("/sys/fs/cgroup/memory"), "memory.limit_in_bytes")):
+        if (base / limit_file).exists() or (base / "cgroup.controllers").exists():
+            group = base / "vitlab-data-scale"
+            try:
+                group.mkdir(exist_ok=True)
+                (group / limit_file).write_text(limit)
+            except OSError as exc:
+                raise SystemExit(f"--memory-cap-gib needs a writable memory cgroup ({group}: {exc}); run as root") from exc
+            return group / "cgroup.procs"
+    raise SystemExit("--memory-cap-gib: no memory cgroup found under /sys/fs/cgroup")
+
+
+def run_train(name: str, command: list[str], cache: Path, run_dir: Path, env: dict[str, str] | None = None,
+              cgroup: Path | None = None) -> dict:
+    """Run ``command`` (a `vitlab train` writing ``run_dir``) with ``$VITLAB_CACHE_DIR=cache`` (in the memory
+    ``cgroup`` when given): wall time, memory peaks and the epoch's numbers from metrics.jsonl."""
     env = {**os.environ, "VITLAB_CACHE_DIR": str(cache), **(env or {})}
     env.pop("WORLD_SIZE", None)
     log = run_dir.parent / f"{run_dir.name}.log"
@@ -225,7 +247,8 @@ def run_train(name: str, command: list[str], cache: Path, run_dir: Path, env: di
     print(f"[{name}] {' '.join(command[2:])}", flush=True)
     with open(log, "w") as out:
         start = time.perf_counter()
-        proc = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                preexec_fn=(lambda: cgroup.write_text(str(os.getpid()))) if cgroup else None)
         memory = TreeMemory(proc.pid, cache / "tensors")
         memory.start()
         try:
@@ -258,15 +281,17 @@ class Bench:
     classes: int
     keep: bool
     flags: list[str]
+    cgroup: Path | None = None  # the store runs' memory cgroup (--memory-cap-gib)
 
-    def train(self, name: str, cache: str, extra: list[str], processes: int = 1, env: dict[str, str] | None = None) -> dict:
+    def train(self, name: str, cache: str, extra: list[str], processes: int = 1, env: dict[str, str] | None = None,
+              capped: bool = False) -> dict:
         """`vitlab train` of the tiny model (in one process or under torchrun) as runs/<name>, caching in <cache>."""
         run_dir = self.work / "runs" / name
         launcher = ["-m", "vitlab.cli"] if processes == 1 else ["-m", "torch.distributed.run", "--standalone",
                                                                 f"--nproc_per_node={processes}", "-m", "vitlab.cli"]
         command = [sys.executable, *launcher, "train", "--data.dataset", "imagefolder", "--data.path", str(self.work / "data"),
                    "--model.num_classes", str(self.classes), *MODEL, "--run_dir", str(run_dir), *extra, *self.flags]
-        return run_train(name, command, self.work / cache, run_dir, env)
+        return run_train(name, command, self.work / cache, run_dir, env, self.cgroup if capped else None)
 
     def cache_record(self, cache: str) -> dict:
         """Disk use and file names of a cache's store folder; the cache is deleted after (unless ``keep``)."""
@@ -295,14 +320,53 @@ def run_store(bench: Bench, size: dict) -> dict:
     file appearing to its rename (watched), and the difference of the two runs' set-up times (a cross-check)."""
     threshold = round(size["decoded_bytes"] / GIB * 1.1 + 1, 2)
     extra = ["--data.max_cache_gib", str(threshold)]
-    cold = bench.train("store-cold", "cache-store", extra)
-    warm = bench.train("store-warm", "cache-store", extra)
+    cold = bench.train("store-cold", "cache-store", extra, capped=True)
+    warm = bench.train("store-warm", "cache-store", extra, capped=True)
+    reads = store_reads(bench) if bench.cgroup else None
     decoded, setup_diff = size["train_images"] + size["val_images"], round(cold["setup_s"] - warm["setup_s"], 1)
     decode_s = max(1e-9, sum(cold["store_writes_s"].values()) or setup_diff)
     return {"store_cold": {**cold, "max_cache_gib": threshold},
             "store": {**warm, "max_cache_gib": threshold, **bench.cache_record("cache-store")},
+            **({"reads": reads} if reads else {}),
             "decode": {"images": decoded, "decode_s": round(decode_s, 1), "images_per_s": round(decoded / decode_s, 1),
                        "setup_difference_s": setup_diff}}
+
+
+READS = """
+import json, os, sys, time
+import numpy as np, torch
+from vitlab.data.store import _read
+path, count = sys.argv[1], 4096
+images, _, _ = _read(__import__("pathlib").Path(path))
+index = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))[:count]
+def read_bytes():
+    return next(int(l.split()[1]) for l in open("/proc/self/io") if l.startswith("read_bytes:"))
+def evict():
+    fd = os.open(path, os.O_RDONLY); os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED); os.close(fd)
+out = {}
+mapped = np.memmap(path, dtype=np.uint8, mode="r", offset=images.data_start, shape=(images.stored, int(np.prod(images.item_shape))))
+for name, gather in (("memory_map", lambda rows: torch.from_numpy(mapped[rows.sort().values.numpy()].copy())),
+                     ("stored_images", lambda rows: images[rows])):
+    evict(); before, start = read_bytes(), time.perf_counter()
+    for rows in index.split(256):
+        gather(rows)
+    seconds = time.perf_counter() - start
+    out[name] = {"images_per_s": round(count / seconds, 1), "read_bytes": read_bytes() - before,
+                 "wanted_bytes": count * int(np.prod(images.item_shape))}
+    out[name]["read_over_wanted"] = round(out[name]["read_bytes"] / out[name]["wanted_bytes"], 2)
+print(json.dumps(out))
+"""
+
+
+def store_reads(bench: Bench) -> dict:
+    """Random reads of 4,096 images of the training store, cold, in the memory cgroup: a memory map against
+    vitlab's ``StoredImages`` (bytes read, images per second)."""
+    store = max((bench.work / "cache-store" / "tensors").glob("*.safetensors"), key=lambda p: p.stat().st_size)
+    proc = subprocess.run([sys.executable, "-c", READS, str(store)], capture_output=True, text=True, check=True,
+                          preexec_fn=lambda: bench.cgroup.write_text(str(os.getpid())))
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    print(f"[reads] {json.dumps(result)}", flush=True)
+    return result
 
 
 def run_stream(bench: Bench, size: dict) -> dict:
@@ -379,20 +443,22 @@ def measure(args: argparse.Namespace, work: Path) -> dict:
         shutil.rmtree(work / stale, ignore_errors=True)
     gen = generate(work / "data", args.images, args.classes, args.seed, args.workers)
     size = sizes(gen, args.subset)
-    bench = Bench(work, args.classes, args.keep, args.flags)
+    cgroup = memory_cgroup(args.memory_cap_gib) if args.memory_cap_gib else None
+    bench = Bench(work, args.classes, args.keep, args.flags, cgroup)
     modes: dict = {}
     runners = {"ram": run_ram, "store": run_store, "stream": run_stream}
     extras: dict = {}
     for mode in args.modes:
         got = runners[mode](bench, size)
-        if "decode" in got:
-            extras["decode"] = got.pop("decode")
+        for extra in ("decode", "reads"):
+            if extra in got:
+                extras[extra] = got.pop(extra)
         modes.update(got)
     for mode in ("store", "store_cold", "stream"):
         if mode in modes:
             modes[mode]["train_images"] = size["train_images"]
     result = {"images": args.images, "classes": args.classes, "train_flags": args.flags, "sizes": size, "generation": gen,
-              "modes": modes, **extras}
+              "memory_cap_gib": args.memory_cap_gib, "modes": modes, **extras}
     if args.torchrun:
         result["torchrun"] = run_torchrun(bench, min(args.torchrun_images, size["train_images"]))
     if "store" in modes:
@@ -411,6 +477,9 @@ def parse_args() -> argparse.Namespace:
                         help="folder for the images, caches and runs (deleted at the end unless --keep)")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (a rerun reuses the images)")
     parser.add_argument("--torchrun", action="store_true", help="also: cold cache, torchrun 2 processes vs 1")
+    parser.add_argument("--memory-cap-gib", type=float, default=None,
+                        help="run the store modes in a memory cgroup of this size (page cache included): a store larger "
+                             "than the cap behaves as one larger than RAM")
     parser.add_argument("--torchrun-images", type=int, default=20_000)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes that generate the images")
     parser.add_argument("--seed", type=int, default=0, help="of the generated images")
@@ -453,6 +522,8 @@ def main() -> int:
     print(f"goals: {json.dumps(result['goals'])} -> {({True: 'met', False: 'NOT met'}).get(result['met'], 'none measured')}")
     if "decode" in result:
         print(f"decode into the store: {json.dumps(result['decode'])}")
+    if "reads" in result:
+        print(f"random reads from the store, cold: {json.dumps(result['reads'])}")
     if "torchrun" in result:
         t = result["torchrun"]
         print(f"torchrun: {t['torchrun']['wall_s']} s vs {t['single']['wall_s']} s in one process; store files "

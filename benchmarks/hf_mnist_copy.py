@@ -47,7 +47,7 @@ def check(out: Path, source) -> None:
     shutil.rmtree(out.parent / f".{out.name}-check")
     for name in ("train", "val"):
         a, b = getattr(source, name), getattr(copy, name)
-        if not (torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)):
+        if not (torch.equal(a.images[:], b.images[:]) and torch.equal(a.labels, b.labels)):
             raise SystemExit(f"the copy's {name} split differs from the IDX files")
     if (copy.mean, copy.std) != (source.mean, source.std):
         raise SystemExit(f"normalisation differs: {copy.mean, copy.std} vs {source.mean, source.std}")

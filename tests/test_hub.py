@@ -33,8 +33,9 @@ def test_a_pushed_folder_loads_in_timm_and_vitlab_with_the_same_logits(pattern_f
     assert {p.name for p in out.iterdir()} == {"config.json", "model.safetensors", "README.md", "run_config.yaml",
                                                "curves.png", "confusion.png"}
     config = json.loads((out / "config.json").read_text())
-    assert config["label_names"] == ["circle", "cross", "stripes"] and config["pretrained_cfg"]["mean"] == [0.485, 0.456, 0.406]
-    ours, _ = load_checkpoint(run)
+    ours, trained_with = load_checkpoint(run)
+    assert config["label_names"] == ["circle", "cross", "stripes"]
+    assert config["pretrained_cfg"]["mean"] == trained_with["preprocessing"]["mean"] != [0.485, 0.456, 0.406]
     theirs = timm.create_model(f"local-dir:{out}", pretrained=True).eval()
     again, info = load_hub_folder(out)
     x = torch.randn(4, 3, 16, 16)

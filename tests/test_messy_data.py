@@ -92,7 +92,9 @@ def test_streamed_folders_skip_or_name_bad_files(folder):
     streamed = load_data(folder_config(folder, max_cache_gib=1e-9, skip_bad_images=True), image_size=SIZE)
     labels = torch.cat([y for _, y in iterate_batches(streamed.train, 8)])
     assert len(labels) == good and labels.min() >= 0
-    strict = load_data(folder_config(folder, max_cache_gib=1e-9), image_size=SIZE)
+    with pytest.raises(BadImageError, match="skip_bad_images"):  # measuring the images' statistics meets them at once
+        load_data(folder_config(folder, max_cache_gib=1e-9), image_size=SIZE)
+    strict = load_data(folder_config(folder, max_cache_gib=1e-9, mean=[0.5] * 3, std=[0.5] * 3), image_size=SIZE)
     with pytest.raises(BadImageError, match="skip_bad_images"):
         list(iterate_batches(strict.train, 64))
 
@@ -144,6 +146,9 @@ def test_predict_reports_each_file_and_fails_when_one_cannot_be_read(folder, tmp
     out = capsys.readouterr()
     assert str(good) in out.out and "1." in out.out  # the good file's result is printed
     assert "broken.png" in out.err and "1 of 2 images" in out.err and "Traceback" not in out.err
+    assert main(["predict", str(run), str(folder / "val" / "cross"), str(tmp_path / "run")]) == 2  # folders: their images
+    out = capsys.readouterr()
+    assert out.out.count(str(folder / "val" / "cross")) == 10 and "run holds no image files" in out.err
 
 
 def test_stale_temporary_files_are_removed_when_a_run_resumes(pattern_folder, tmp_path):
@@ -165,3 +170,42 @@ def test_written_files_follow_the_umask(tmp_path):
     finally:
         os.umask(old)
     assert path.read_text() == "hello" and (path.stat().st_mode & 0o777) == 0o644  # not mkstemp's 0600
+
+
+def test_what_archives_and_phones_leave_in_folders_is_handled(folder, tmp_path, capsys):
+    """macOS metadata (``._name.jpg``, ``__MACOSX/``) is not data; a broken link is a bad image; a class whose images
+    all fail, or a validation class without training images, is refused; phone photos are turned upright."""
+    (folder / "train" / "circle" / "._img.png").write_bytes(b"\x00\x05\x16\x07junk")
+    (folder / "train" / "__MACOSX" / "circle").mkdir(parents=True)
+    (folder / "train" / "__MACOSX" / "circle" / "._a.png").write_bytes(b"junk")
+    (folder / "train" / "cross" / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    with pytest.raises(BadImageError, match="gone.png.*skip_bad_images"):
+        load_data(folder_config(folder), image_size=SIZE)
+    data = load_data(folder_config(folder, skip_bad_images=True), image_size=SIZE)
+    assert data.classes == ["circle", "cross", "stripes"] and len(data.train) == 120  # the 120 real images, no more
+
+    for path in (folder / "train" / "stripes").iterdir():
+        path.write_bytes(b"not an image")  # every image of a class broken: refused even when skipping
+    with pytest.raises(ValueError, match="stripes hold no images that can be decoded"):
+        load_data(folder_config(folder, skip_bad_images=True), image_size=SIZE)
+
+    extra = write_pattern_folder(tmp_path / "extra", {"train": 4, "val": 2}, classes=("circle", "cross"))
+    (extra / "val" / "bird").mkdir()
+    next((extra / "val" / "cross").iterdir()).rename(extra / "val" / "bird" / "x.png")
+    with pytest.raises(ValueError, match="bird that .* has not"):
+        load_data(folder_config(extra), image_size=SIZE)
+    assert main(["train", "--data.dataset", "imagefolder", "--data.path", str(extra / "val" / "bird" / "x.png")]) == 2
+    assert "is a file" in capsys.readouterr().err
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    upright = np.zeros((20, 40, 3), dtype=np.uint8)
+    upright[:, :20] = 255  # white left half
+    stored = Image.fromarray(np.ascontiguousarray(np.rot90(upright, 1)))  # as a camera stores it: rotated, with a tag
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to view
+    stored.save(tmp_path / "phone.jpg", exif=exif.tobytes(), quality=95)
+    from vitlab.data.datasets import open_image
+
+    pixels = np.asarray(open_image(tmp_path / "phone.jpg", "L"), dtype=float)
+    assert pixels.shape == (20, 40) and pixels[:, :18].mean() > 200 and pixels[:, 22:].mean() < 50

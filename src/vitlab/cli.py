@@ -1,5 +1,5 @@
-"""The ``vitlab`` command line: train, finetune, weights, eval, predict, attention, inspect, report, export,
-sweep, compare, info, presets.
+"""The ``vitlab`` command line: train, finetune, weights, eval, predict, attention, demo, inspect, report, export,
+push, shards, sweep, compare, info, presets.
 
 Configuration comes in layers, later ones winning: the preset (``--preset``), YAML files
 (``--config FILE``), then single flags (``--train.epochs 3``, ``--model.depth 4``). Parsing
@@ -126,7 +126,7 @@ def cmd_predict(argv: list[str]) -> int:
     parser = ArgumentParser(prog="vitlab predict", description="Top-k classes for image files.")
     parser.add_argument("checkpoint", help="a checkpoint, a run directory (takes best), or pretrained weights "
                                            "(a registry name or a weights file)")
-    parser.add_argument("images", nargs="+", help="image files")
+    parser.add_argument("images", nargs="+", help="image files, or folders of them")
     parser.add_argument("--topk", type=int, default=5)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
@@ -314,6 +314,31 @@ def cmd_push(argv: list[str]) -> int:
     return 0
 
 
+def cmd_shards(argv: list[str]) -> int:
+    from vitlab.data.shards import write_shards
+
+    parser = ArgumentParser(prog="vitlab shards", description="Write an image folder (train/ and val/ of class folders) "
+                            "as WebDataset tar shards, images re-encoded as JPEG at a smaller size, in a seeded random "
+                            "order: a data set too large to decode into the store, trained with --data.dataset webdataset "
+                            "--data.path OUT.")
+    parser.add_argument("source", help="image folder with train/ and val/ (or valid/, validation/, test/)")
+    parser.add_argument("out", help="output folder (train/*.tar, val/*.tar, classes.txt); must hold no shards yet")
+    parser.add_argument("--max_size", type=int, default=256, help="shorter side at most this many pixels")
+    parser.add_argument("--quality", type=int, default=90, help="JPEG quality; 0 keeps the pixels exactly (PNG)")
+    parser.add_argument("--per_shard", type=int, default=2000, help="samples per shard")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the order the samples are written in")
+    parser.add_argument("--skip_bad_images", action="store_true", help="leave out images that cannot be decoded")
+    parser.add_argument("--num_workers", type=int, default=2, help="processes that decode and encode")
+    args = parser.parse_args(argv)
+    if args.max_size < 1 or args.per_shard < 1 or not 0 <= args.quality <= 100:
+        raise ValueError("--max_size and --per_shard must be positive and --quality between 0 and 100")
+    written = write_shards(Path(args.source), Path(args.out), args.max_size, args.quality or None, args.per_shard,
+                           args.seed, args.skip_bad_images, args.num_workers)
+    print(f"written {written['train']} training and {written['val']} validation samples as shards under {args.out}; "
+          f"train with --data.dataset webdataset --data.path {args.out}")
+    return 0
+
+
 def cmd_sweep(argv: list[str]) -> int:
     import shlex
 
@@ -391,10 +416,10 @@ def cmd_presets(argv: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "finetune": cmd_finetune, "weights": cmd_weights,
-            "eval": cmd_eval, "predict": cmd_predict, "attention": cmd_attention, "demo": cmd_demo, "inspect": cmd_inspect,
-            "report": cmd_report, "export": cmd_export, "push": cmd_push, "sweep": cmd_sweep, "compare": cmd_compare, "info": cmd_info,
-            "presets": cmd_presets}
+COMMANDS = {"train": cmd_train, "finetune": cmd_finetune, "weights": cmd_weights, "eval": cmd_eval,
+            "predict": cmd_predict, "attention": cmd_attention, "demo": cmd_demo, "inspect": cmd_inspect,
+            "report": cmd_report, "export": cmd_export, "push": cmd_push, "shards": cmd_shards, "sweep": cmd_sweep,
+            "compare": cmd_compare, "info": cmd_info, "presets": cmd_presets}
 
 USAGE = """usage: vitlab COMMAND [options]
 
@@ -410,6 +435,7 @@ commands:
   report    one self-contained HTML page about a run
   export    ONNX, TorchScript or torch.export program with a dynamic batch size
   push      a run's model as a Hugging Face Hub folder that timm loads (--dir, --repo user/name)
+  shards    an image folder as WebDataset tar shards (re-encoded JPEG), to stream data larger than the disk cache
   sweep     train every configuration x seed of a sweep file; results table and plots (resumable)
   compare   one table of hand-picked runs: the settings that differ, accuracy over seeds, cost
   info      architecture, parameter count and FLOPs of a preset

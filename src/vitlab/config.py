@@ -34,9 +34,11 @@ class DataConfig:
     """Which images to train on and how to feed them."""
 
     dataset: str = "mnist"
-    """mnist, fashion_mnist, cifar10, cifar100, imagefolder (with ``path``), or hf:NAME (Hugging Face datasets, see README)."""
+    """mnist, fashion_mnist, cifar10, cifar100, imagefolder or webdataset (with ``path``), or hf:NAME (Hugging Face
+    datasets, see README)."""
     path: Optional[str] = None
-    """imagefolder: a folder with train/ and val/ sub-folders, or one of class folders; hf:imagefolder/parquet: folder, file, glob."""
+    """imagefolder: a folder with train/ and val/ sub-folders, or one of class folders; webdataset: a folder with
+    train/*.tar and val/*.tar shards; hf:imagefolder/parquet: folder, file, glob."""
     data_dir: Optional[str] = None
     """Root holding the data sets (torchvision layout); default $VITLAB_DATA_DIR or ~/.cache/vitlab/data."""
     cache_dir: Optional[str] = None
@@ -54,12 +56,14 @@ class DataConfig:
     val_subset: Optional[int] = None
     """Use only the first N (shuffled, seeded) validation images."""
     skip_bad_images: bool = False
-    """Image folders: leave out images that cannot be decoded (truncated, empty, not an image), with a warning
-    listing them, instead of stopping with an error that lists them."""
+    """Image folders, shards and hf: sources: leave out images that cannot be decoded (truncated, empty, not an
+    image), with a warning listing them, instead of stopping with an error that lists them."""
     num_workers: int = 2
     """Processes that decode image files (once, into the cache, or every epoch when streaming)."""
     max_cache_gib: float = 8.0
-    """Image folders larger than this (decoded) stream from disk instead of the in-memory cache."""
+    """Image folders larger than this (decoded) are decoded every epoch instead of once into the store."""
+    shuffle_buffer: int = 4096
+    """webdataset: samples held in the training stream's shuffle buffer (more: closer to a random order, more memory)."""
     mean: Optional[tuple[float, ...]] = None
     """Normalisation mean per channel (default: the data set's own; fine-tuning: the weights')."""
     std: Optional[tuple[float, ...]] = None

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from vitlab.data import Preprocess
-from vitlab.data.datasets import BadImageError, open_image, resize_and_crop
+from vitlab.data.datasets import IMAGE_EXTENSIONS, BadImageError, open_image, resize_and_crop
 from vitlab.device import resolve_device
 from vitlab.hub import load_hub_folder
 from vitlab.model import is_model_folder
@@ -22,6 +22,8 @@ def load_image(path: str | Path, in_chans: int, image_size: tuple[int, int] | No
     from torchvision.transforms.v2 import functional as TF
 
     path = Path(path)
+    if path.is_dir():
+        raise FileNotFoundError(f"{path} is a folder, not an image file (`vitlab predict` takes folders: their images)")
     if not path.is_file():
         raise FileNotFoundError(f"image {path} does not exist")
     img = open_image(path, "L" if in_chans == 1 else "RGB")
@@ -131,5 +133,16 @@ def predict(model, images: list, topk: int = 5, device: str = "auto", errors: st
 
 
 def predict_files(checkpoint: str | Path, images: list[str], topk: int = 5, device: str = "auto") -> list[dict]:
-    """Top-k class names and probabilities for each image file; a file that cannot be read gets an ``error``."""
-    return predict(checkpoint, images, topk=topk, device=device, errors="report")
+    """Top-k class names and probabilities for each image file (a folder: each of its image files, sorted); a file
+    that cannot be read, or a folder without images, gets an ``error``."""
+    files, empty = [], []
+    for name in images:
+        if Path(name).is_dir():
+            found = sorted(str(p) for p in Path(name).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+                           and not p.name.startswith("."))
+            files += found
+            if not found:
+                empty.append({"image": name, "error": f"folder {name} holds no image files ({', '.join(IMAGE_EXTENSIONS)})"})
+        else:
+            files.append(name)
+    return predict(checkpoint, files, topk=topk, device=device, errors="report") + empty

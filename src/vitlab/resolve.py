@@ -216,7 +216,7 @@ def _from_weights(d: dict[str, Any], explicit: set[str]) -> None:
         raise ConfigError(f"--pretrained {ft['pretrained']}: {exc.args[0] if exc.args else exc}") from exc
     d["model"] = model.to_dict()
     data = d["data"]
-    if "data.mean" not in explicit and "data.std" not in explicit and data.get("mean") is None and data.get("std") is None:
+    if data.get("mean") is None and data.get("std") is None:  # unless given (a RunConfig marks every field explicit)
         data["mean"], data["std"] = list(prep.mean), list(prep.std)
     for key, value in (("interpolation", prep.interpolation), ("crop_pct", round(prep.crop_pct, 4)),
                        ("crop_mode", prep.crop_mode)):
@@ -330,6 +330,7 @@ def check_config(cfg: RunConfig) -> RunConfig:
         (0 <= d.random_erasing <= 1, f"--data.random_erasing is a probability in [0, 1], got {d.random_erasing}"),
         (d.num_workers >= 0, f"--data.num_workers must be >= 0, got {d.num_workers}"),
         (d.max_cache_gib > 0, f"--data.max_cache_gib must be positive, got {d.max_cache_gib}"),
+        (d.shuffle_buffer > 0, f"--data.shuffle_buffer must be positive, got {d.shuffle_buffer}"),
         (0 < d.crop_pct <= 1, f"--data.crop_pct must be in (0, 1], got {d.crop_pct}"),
         (d.std is None or all(s > 0 for s in d.std), f"--data.std must be positive, got {d.std}"),
         (d.dataset != "imagefolder" or bool(d.path), "--data.dataset imagefolder needs --data.path DIR (class folders, "

@@ -17,9 +17,11 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import torch
 from filelock import FileLock
@@ -27,21 +29,22 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from vitlab.config import DATA_DIR_ENV, DataConfig
-from vitlab.data.store import decode_once
+from vitlab.data.store import StoredImages, decode_once
 
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 
-# Per-channel mean and std of the training pixels in [0, 1].
+# Per-channel mean and std of the training pixels in [0, 1] of the named data sets; image folders and hf: sources
+# get their training images' own (pixel_stats), whether decoded into a store or streamed.
 NORMALIZATION: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "mnist": ((0.1307,), (0.3081,)),
     "fashion_mnist": ((0.2860,), (0.3530,)),
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
     "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
-    "imagefolder": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),  # ImageNet statistics
 }
-DATASETS = tuple(NORMALIZATION)
+DATASETS = (*NORMALIZATION, "imagefolder", "webdataset")
+STATS_SAMPLE = 2000  # images of a seeded sample that pixel_stats measures
 HF_PREFIX = "hf:"  # --data.dataset hf:NAME: a Hugging Face `datasets` source (vitlab.data.hf)
 HIGH_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")  # 16-bit, 32-bit and float grayscale: scaled to 8 bits
 GRAYSCALE_MODES = ("L", "1", "LA", *HIGH_BIT_MODES)  # PIL modes decoded as one channel; anything else becomes RGB
@@ -61,13 +64,17 @@ UNREADABLE = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)  #
 SKIP_HINT = "--data.skip_bad_images true leaves such files out (with a warning that lists them)"
 
 
-def open_image(path: str | Path, mode: str):
-    """``path`` decoded as an 8-bit PIL image in ``mode`` ("L" or "RGB"): 16-bit and float images are scaled to
-    0..255, not clipped. Raises :class:`BadImageError` naming the file when it cannot be decoded."""
+def open_image(path: str | Path, mode: str | None = None):
+    """``path`` decoded by PIL, upright (its EXIF orientation applied), as an 8-bit image in ``mode`` ("L" or "RGB")
+    when given: 16-bit and float images are scaled to 0..255, not clipped. Raises :class:`BadImageError` naming the
+    file when it cannot be decoded."""
+    from PIL import ImageOps
+
     try:
         with Image.open(path) as im:
             im.load()
-            return _eight_bit(im).convert(mode)
+            im = ImageOps.exif_transpose(im)  # as the camera held it: phone photos are stored sideways with a tag
+            return _eight_bit(im).convert(mode) if mode else im
     except UNREADABLE as exc:
         raise BadImageError(f"{path} cannot be decoded ({type(exc).__name__}: {exc})") from exc
 
@@ -92,19 +99,35 @@ def _eight_bit(image):
 
 @dataclass
 class ImageSplit:
-    """Images and labels of one split: in memory (``images``) or streamed (``stream``)."""
+    """Images and labels of one split: in memory or in a store (``images``), decoded by index every epoch
+    (``stream``), or read from shards (``shards``)."""
 
     labels: torch.Tensor
-    images: torch.Tensor | None = None
-    stream: Dataset | None = None
+    images: torch.Tensor | StoredImages | None = None  # in memory, or a decoded-image store read by index
+    stream: Dataset | None = None  # decoded by index every epoch
+    shards: Any = None  # a vitlab.data.shards.ShardSplit: read in order, no index (labels unknown until read)
 
     def __len__(self) -> int:
-        return len(self.labels)
+        return len(self.shards) if self.shards is not None else len(self.labels)
 
     def subset(self, index: torch.Tensor) -> ImageSplit:
+        """The images at ``index`` (a store's stay on disk)."""
+        if self.shards is not None:
+            raise ValueError("a split streamed from shards has no index to select from")
+        if isinstance(self.images, StoredImages):
+            return ImageSplit(self.labels[index], images=self.images.take(index))
         if self.images is not None:
             return ImageSplit(self.labels[index], images=self.images[index])
         return ImageSplit(self.labels[index], stream=torch.utils.data.Subset(self.stream, index.tolist()))
+
+
+class Splits(NamedTuple):
+    """What every source's loader returns: its splits (None when not asked for), class names and notes."""
+
+    train: ImageSplit | None
+    val: ImageSplit | None
+    classes: list[str]
+    notes: dict = {}
 
 
 @dataclass
@@ -131,6 +154,22 @@ def take_subset(split: ImageSplit | None, count: int | None, seed: int) -> Image
     if split is None or count is None:
         return split
     return split.subset(_seeded_perm(len(split), seed)[:count])
+
+
+def pixel_stats(batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std (pixels in [0, 1], 4 decimals; MNIST's: 0.1307, 0.3081) of uint8 image batches."""
+    total = squares = None
+    count = 0
+    for images, _ in batches:
+        x = images.transpose(0, 1).reshape(images.shape[1], -1).double() / 255
+        total = x.sum(1) + (0 if total is None else total)
+        squares = x.square().sum(1) + (0 if squares is None else squares)
+        count += x.shape[1]
+    if total is None:
+        raise ValueError("no images to measure the normalisation on")
+    mean = total / count
+    std = (squares / count - mean.square()).clamp(min=0).sqrt()
+    return tuple(round(float(m), 4) for m in mean), tuple(round(float(s), 4) if s > 1e-4 else 1.0 for s in std)
 
 
 def _seeded_perm(n: int, seed: int) -> torch.Tensor:
@@ -207,7 +246,7 @@ def _load_mnist_like(cfg: DataConfig, name: str, splits: tuple[str, ...]):
             raise ValueError(f"{name} files under {raw} are damaged (torchvision said: {exc}); replace them with intact "
                              "copies of the four IDX files, or delete them and allow --data.download true") from exc
         raise _missing(name, root, [str(raw)], f"torchvision said: {exc}.") from exc
-    return out.get("train"), out.get("val"), classes
+    return Splits(out.get("train"), out.get("val"), classes)
 
 
 # ----------------------------------------------------------------------------- CIFAR
@@ -230,8 +269,7 @@ def _load_cifar(cfg: DataConfig, name: str, splits: tuple[str, ...], progress: b
             if "train" in splits else None
         test_dir = png_folder / "test" if (png_folder / "test").is_dir() else png_folder / "val"
         test = _folder_split(test_dir, cfg, None, None, progress, subset=subsets.get("val")) if "val" in splits else None
-        classes = class_names(png_folder / "train")
-        return train, test, classes
+        return Splits(train, test, class_names(png_folder / "train"))
     if not pickled.exists() and not cfg.download:
         raise _missing(name, root, [str(pickled), str(root / name / "train")],
                        "Provide torchvision's official archive (extracted) or a PNG folder <root>/"
@@ -247,14 +285,24 @@ def _load_cifar(cfg: DataConfig, name: str, splits: tuple[str, ...], progress: b
         classes = list(ds.classes)
     except (RuntimeError, OSError) as exc:
         raise _missing(name, root, [str(pickled)], f"torchvision said: {exc}.") from exc
-    return out.get("train"), out.get("val"), classes
+    return Splits(out.get("train"), out.get("val"), classes)
 
 
 # ----------------------------------------------------------------------------- image folders
 
 
+NOT_DATA = ("__MACOSX",)  # folders of an archive's metadata (macOS zip files), never classes or images
+
+
 def class_names(folder: Path) -> list[str]:
-    return sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+    """The class folders of ``folder``, sorted (hidden ones and archive metadata left out)."""
+    return sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".") and d.name not in NOT_DATA)
+
+
+def _is_image_file(path: Path, under: Path) -> bool:
+    """An image file by its extension, not hidden (``._name.jpg``: macOS metadata) nor in a hidden folder."""
+    parts = path.relative_to(under).parts
+    return path.suffix.lower() in IMAGE_EXTENSIONS and not any(p.startswith(".") or p in NOT_DATA for p in parts)
 
 
 def folder_splits(cfg: DataConfig) -> tuple[Path, Path | None]:
@@ -263,6 +311,8 @@ def folder_splits(cfg: DataConfig) -> tuple[Path, Path | None]:
     if not cfg.path:
         raise ValueError("--data.dataset imagefolder needs --data.path DIR (class sub-folders, or train/ and val/)")
     root = Path(cfg.path).expanduser()
+    if root.is_file():
+        raise ValueError(f"--data.path {root} is a file; pass the folder that holds the class folders (or train/ and val/)")
     if not root.is_dir():
         raise DataNotFoundError(f"image folder {root} (--data.path) does not exist; pass the folder that holds the "
                                 "class folders")
@@ -279,16 +329,22 @@ def _load_image_folder(cfg: DataConfig, image_size: tuple[int, int] | None, spli
     classes = class_names(train_dir)
     files, labels = _list_images(train_dir, classes)
     refuse_unusable_classes(train_dir, classes, {name: labels.count(i) for i, name in enumerate(classes)})
+    if val_dir is not None and (unknown := sorted(set(class_names(val_dir)) - set(classes))):
+        raise ValueError(f"{val_dir} has class folder(s) {', '.join(unknown)} that {train_dir} has not: a class must "
+                         "have training images; move them into the training folder or remove them")
     mode = ("L" if channels == 1 else "RGB") if channels else split_mode(files)  # one mode for both splits
     subsets = subsets or {}
     train = _folder_split(train_dir, cfg, image_size, classes, progress, mode, subsets.get("train")) \
         if "train" in splits else None
+    if train is not None and subsets.get("train", (None,))[0] is None:  # every class must keep a decodable image
+        left = torch.bincount(train.labels, minlength=len(classes)).tolist()
+        refuse_unusable_classes(train_dir, classes, dict(zip(classes, left)), "that can be decoded")
     if val_dir is None and cfg.val_fraction <= 0:
         raise ValueError(f"{cfg.path} has no validation folder (train/ and val/ sub-folders): set --data.val_fraction "
                          "(e.g. 0.2) to hold out part of the training images")
     val = _folder_split(val_dir, cfg, image_size, classes, progress, mode, subsets.get("val")) \
         if val_dir is not None and "val" in splits else None
-    return train, val, classes
+    return Splits(train, val, classes)
 
 
 def _list_images(folder: Path, classes: list[str]) -> tuple[list[Path], list[int]]:
@@ -297,7 +353,7 @@ def _list_images(folder: Path, classes: list[str]) -> tuple[list[Path], list[int
         class_dir = folder / name
         if not class_dir.is_dir():
             continue
-        found = sorted(p for p in class_dir.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+        found = sorted(p for p in class_dir.rglob("*") if _is_image_file(p, class_dir))
         files += found
         labels += [index] * len(found)
     if not files:
@@ -308,7 +364,7 @@ def _list_images(folder: Path, classes: list[str]) -> tuple[list[Path], list[int
     return files, labels
 
 
-def refuse_unusable_classes(folder: Path, classes: list[str], counts: dict[str, int]) -> None:
+def refuse_unusable_classes(folder: Path, classes: list[str], counts: dict[str, int], which: str = "") -> None:
     """A training folder needs two classes or more, and an image in every class folder (an empty one would
     silently become a class of the head that nothing teaches)."""
     if len(classes) < 2:
@@ -316,8 +372,8 @@ def refuse_unusable_classes(folder: Path, classes: list[str], counts: dict[str, 
                          "two classes or more, one sub-folder of images each")
     empty = [name for name in classes if not counts.get(name)]
     if empty:
-        raise ValueError(f"{folder}: class folder(s) {', '.join(empty)} hold no images ({', '.join(IMAGE_EXTENSIONS)}); "
-                         "remove them or add images")
+        raise ValueError(f"{folder}: class folder(s) {', '.join(empty)} hold no images {which or ''}"
+                         f"({', '.join(IMAGE_EXTENSIONS)}); remove them or add images")
 
 
 def resize_and_crop(image, image_size: tuple[int, int], crop_pct: float = 1.0, interpolation: str = "bicubic",
@@ -339,36 +395,128 @@ def resize_and_crop(image, image_size: tuple[int, int], crop_pct: float = 1.0, i
     return TF.center_crop(image, list(image_size))
 
 
-class FolderImages(Dataset):
-    """Decodes image files to uint8 tensors (C, H, W), resized to ``image_size`` when given.
+class DecodedImages(Dataset):
+    """A source's images decoded to uint8 tensors (C, H, W): 8-bit, in one colour ``mode`` ("L" or "RGB"), resized
+    to ``image_size`` when given (:func:`resize_and_crop`). Sources say how to open their i-th image and name it.
 
-    Resizing keeps the aspect ratio: the shorter side goes to the target (over ``crop_pct``),
-    then a center crop.
+    An image that cannot be decoded raises :class:`BadImageError` naming it, or with ``mark_bad=(height, width)``
+    comes back black, of that size, with label -1, for :func:`materialise` to report or leave out.
     """
 
-    def __init__(self, files: list[Path], labels: list[int], image_size: tuple[int, int] | None, mode: str,
+    def __init__(self, labels: list[int] | torch.Tensor, image_size: tuple[int, int] | None, mode: str,
                  crop_pct: float = 1.0, interpolation: str = "bicubic", mark_bad: tuple[int, int] | None = None,
                  crop_mode: str = "center") -> None:
-        self.files, self.labels, self.image_size, self.mode = files, labels, image_size, mode
-        self.crop_pct, self.interpolation, self.mark_bad, self.crop_mode = crop_pct, interpolation, mark_bad, crop_mode
+        self.labels = torch.as_tensor(labels, dtype=torch.long)
+        self.image_size, self.mode, self.crop_pct, self.interpolation = image_size, mode, crop_pct, interpolation
+        self.mark_bad, self.crop_mode = mark_bad, crop_mode
 
     def __len__(self) -> int:
-        return len(self.files)
+        return len(self.labels)
+
+    def open(self, i: int):
+        """The i-th image as PIL decodes it (any mode); raises :class:`BadImageError` when it cannot be decoded."""
+        raise NotImplementedError
+
+    def name(self, i: int) -> str:
+        """How a message names the i-th image (its file)."""
+        raise NotImplementedError
+
+    def identity(self) -> list:
+        """What the decoded images depend on besides the decoding settings (files and their dates): the store's key."""
+        raise NotImplementedError
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        """The image and its label. An image that cannot be decoded raises, or with ``mark_bad=(height, width)``
-        comes back black, of that size, with label -1, for the caller to report or leave out."""
-        from torchvision.transforms.v2 import functional as TF
-
         try:
-            img = open_image(self.files[i], self.mode)
+            return self.decode(self.open(i)), int(self.labels[i])
         except BadImageError as exc:
             if self.mark_bad is None:
                 raise BadImageError(f"{exc}; {SKIP_HINT}") from None
             return torch.zeros(1 if self.mode == "L" else 3, *self.mark_bad, dtype=torch.uint8), -1
+
+    def decode(self, image) -> torch.Tensor:
+        from torchvision.transforms.v2 import functional as TF
+
+        image = _eight_bit(image).convert(self.mode)
         if self.image_size is not None:
-            img = resize_and_crop(img, self.image_size, self.crop_pct, self.interpolation, self.crop_mode)
-        return TF.pil_to_tensor(img), self.labels[i]
+            image = resize_and_crop(image, self.image_size, self.crop_pct, self.interpolation, self.crop_mode)
+        return TF.pil_to_tensor(image)
+
+    def settings(self) -> list:
+        return [self.mode, self.crop_pct, self.interpolation, *([self.crop_mode] if self.crop_mode != "center" else []),
+                "pil", "8bit"]
+
+
+class FolderImages(DecodedImages):
+    """Image files, each with its label."""
+
+    def __init__(self, files: list[Path], labels: list[int], image_size: tuple[int, int] | None, mode: str,
+                 crop_pct: float = 1.0, interpolation: str = "bicubic", mark_bad: tuple[int, int] | None = None,
+                 crop_mode: str = "center") -> None:
+        super().__init__(labels, image_size, mode, crop_pct, interpolation, mark_bad, crop_mode)
+        self.files = files
+
+    def open(self, i: int):
+        return open_image(self.files[i])
+
+    def name(self, i: int) -> str:
+        return str(self.files[i])
+
+    def identity(self) -> list:
+        return [(str(f.absolute()), *_size_and_time(f)) for f in self.files]
+
+
+def _size_and_time(path: Path) -> tuple[int, int]:
+    """A file's size and modification time; (-1, -1) for one that is gone (a broken link: the decoder names it)."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return -1, -1
+    return stat.st_size, int(stat.st_mtime)
+
+
+def materialise(dataset: DecodedImages, cfg: DataConfig, cache_name: str, where: str, progress: bool) -> ImageSplit:
+    """The one path from a source's images to a split: decoded once into a store in the cache (keyed by the source's
+    identity and the decoding settings), or streamed, decoded every epoch, when larger than ``--data.max_cache_gib``;
+    images that cannot be decoded are named, or left out with ``--data.skip_bad_images``."""
+    size = dataset.image_size or _first_size(dataset)
+    shape = (1 if dataset.mode == "L" else 3, *size)
+    nbytes = len(dataset) * math.prod(shape)
+    if nbytes > cfg.max_cache_gib * 2**30:
+        log.info("%s: %d images stream from disk (%.1f GiB > max_cache_gib)", where, len(dataset), nbytes / 2**30)
+        dataset.mark_bad = size if cfg.skip_bad_images else None  # marked images are left out of each batch (loader.py)
+        return ImageSplit(dataset.labels, stream=dataset)
+    dataset.mark_bad = size
+    key = json.dumps([dataset.identity(), len(dataset), list(size), *dataset.settings()])
+    fingerprint = hashlib.sha256(key.encode()).hexdigest()[:16]
+    cache_file = cfg.resolved_cache_dir() / "tensors" / f"{cache_name}-{fingerprint}.safetensors"
+    images, bad, _ = decode_once(dataset, cache_file, shape, cfg.num_workers, f"decoding {where} (once, cached)", progress)
+    return without_bad_images(ImageSplit(dataset.labels, images=images), bad, dataset, where, cfg.skip_bad_images)
+
+
+def _first_size(dataset: DecodedImages) -> tuple[int, int]:
+    """The first image's (height, width): the decode size of a source whose images are all one size (CIFAR PNGs)."""
+    first = dataset.open(0)
+    return first.height, first.width
+
+
+def without_bad_images(split: ImageSplit, bad: torch.Tensor, dataset: DecodedImages, where: str,
+                       skip: bool) -> ImageSplit:
+    """``split`` without the images that could not be decoded, with a warning listing them; without ``skip``
+    an error that lists them, says why the first failed and names the option."""
+    if not bool(bad.any()):
+        return split
+    index = bad.nonzero().flatten().tolist()
+    names = [dataset.name(i) for i in index]
+    listing = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+    if not skip:
+        try:
+            dataset.open(index[0])
+            reason = ""
+        except BadImageError as exc:  # why the first one fails, in PIL's words
+            reason = f" (the first: {str(exc).removeprefix(names[0]).strip()})"
+        raise BadImageError(f"{len(names)} image(s) of {where} cannot be decoded: {listing}{reason}; {SKIP_HINT}")
+    log.warning("%s: %d image(s) could not be decoded and are left out: %s", where, len(names), listing)
+    return split.subset((~bad).nonzero().flatten())
 
 
 def colour_mode(modes: Iterable[str]) -> str:
@@ -394,60 +542,13 @@ def _header_mode(path: Path) -> str | None:
 def _folder_split(folder: Path, cfg: DataConfig, image_size, classes: list[str] | None, progress: bool,
                   mode: str | None = None, subset: tuple[int | None, int] | None = None) -> ImageSplit:
     """The images of ``folder``'s class folders, decoded in ``mode`` (default: :func:`split_mode`) at ``image_size``
-    (default: the first image's size), cached, or streamed when larger than ``max_cache_gib``. ``subset``
-    ``(count, seed)``: only the first ``count`` files of a seeded permutation are decoded."""
+    (default: the first image's size) by :func:`materialise`. ``subset`` ``(count, seed)``: only the first
+    ``count`` files of a seeded permutation are decoded."""
     classes = classes or class_names(folder)
     files, labels = _list_images(folder, classes)
     if subset is not None and subset[0] is not None:
         index = _seeded_perm(len(files), subset[1])[: subset[0]].tolist()
         files, labels = [files[i] for i in index], [labels[i] for i in index]
-    mode = mode or split_mode(files)
-    size = image_size or _first_size(files)
-    channels = 1 if mode == "L" else 3
-    nbytes = len(files) * channels * size[0] * size[1]
-    if nbytes > cfg.max_cache_gib * 2**30:
-        log.info("%s: %d images stream from disk (%.1f GiB > max_cache_gib)", folder, len(files), nbytes / 2**30)
-        mark = size if cfg.skip_bad_images else None  # marked images are left out of each batch (loader.py)
-        dataset = FolderImages(files, labels, image_size, mode, cfg.crop_pct, cfg.interpolation, mark, cfg.crop_mode)
-        return ImageSplit(torch.tensor(labels), stream=dataset)
-    dataset = FolderImages(files, labels, image_size, mode, cfg.crop_pct, cfg.interpolation, size, cfg.crop_mode)
-    images, bad = _cached_tensor(dataset, cfg, folder, size, progress)
-    return without_bad_images(ImageSplit(torch.tensor(labels), images=images), bad, files, folder, cfg.skip_bad_images)
-
-
-def _first_size(files: list[Path]) -> tuple[int, int]:
-    first = open_image(files[0], "L")
-    return first.height, first.width
-
-
-def without_bad_images(split: ImageSplit, bad: torch.Tensor, files: list[Path], folder: Path, skip: bool) -> ImageSplit:
-    """``split`` without the images that could not be decoded, with a warning listing them; without ``skip``
-    an error that lists them and names the option."""
-    if not bool(bad.any()):
-        return split
-    names = [str(files[i]) for i in bad.nonzero().flatten().tolist()]
-    listing = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
-    if not skip:
-        try:
-            open_image(names[0], "RGB")
-            reason = ""
-        except BadImageError as exc:  # why the first one fails, in PIL's words
-            reason = f" (the first: {str(exc).removeprefix(names[0]).strip()})"
-        raise BadImageError(f"{len(names)} image(s) under {folder} cannot be decoded: {listing}{reason}; {SKIP_HINT}")
-    log.warning("%s: %d image(s) could not be decoded and are left out: %s", folder, len(names), listing)
-    return split.subset((~bad).nonzero().flatten())
-
-
-def _cached_tensor(dataset: FolderImages, cfg: DataConfig, folder: Path, size, progress: bool):
-    """Decode every image once and keep the result as a safetensors file in the cache: (images, undecodable mask)."""
-    fingerprint = hashlib.sha256(
-        json.dumps([str(folder.resolve()), list(size), dataset.mode, dataset.crop_pct, dataset.interpolation,
-                    *([dataset.crop_mode] if dataset.crop_mode != "center" else []), "pil",
-                    "8bit", len(dataset.files),
-                    [(str(f.relative_to(folder)), f.stat().st_size, int(f.stat().st_mtime)) for f in dataset.files]])
-        .encode()
-    ).hexdigest()[:16]
-    cache_file = cfg.resolved_cache_dir() / "tensors" / f"{folder.parent.name}-{folder.name}-{fingerprint}.safetensors"
-    channels = 1 if dataset.mode == "L" else 3
-    return decode_once(dataset, cache_file, (channels, *size), cfg.num_workers, f"decoding {folder} (once, cached)",
-                       progress)
+    dataset = FolderImages(files, labels, image_size, mode or split_mode(files), cfg.crop_pct, cfg.interpolation,
+                           crop_mode=cfg.crop_mode)
+    return materialise(dataset, cfg, f"{folder.parent.name}-{folder.name}", str(folder), progress)

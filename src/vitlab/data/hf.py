@@ -17,19 +17,16 @@ integer column named ``label``), unless ``--data.image_column`` / ``--data.label
 otherwise; class names come from the ClassLabel. Validation uses the data set's validation
 split (or valid/val/dev/eval, else test); without one, a seeded part of train is held out.
 Images are decoded once, as image folders are (:func:`resize_and_crop` to the model's size),
-into the same fingerprinted tensor cache. Normalisation defaults to the training images' own
-per-channel mean and std. Nothing is written next to the data: ``datasets`` keeps its files in
-its cache, decoded tensors go to vitlab's.
+into the same fingerprinted store (:func:`~vitlab.data.datasets.materialise`). Normalisation
+defaults to the training images' own per-channel mean and std, as for image folders. Nothing
+is written next to the data: ``datasets`` keeps its files in its cache, decoded images go to vitlab's.
 """
 
 from __future__ import annotations
 
 import glob
-import hashlib
 import io
-import json
 import logging
-import math
 import os
 import re
 from collections import Counter
@@ -37,19 +34,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import Dataset
 
 from vitlab.config import DataConfig
 from vitlab.data.datasets import (
     HF_PREFIX,
-    NORMALIZATION,
+    UNREADABLE,
+    BadImageError,
     DataNotFoundError,
+    DecodedImages,
     ImageSplit,
+    Splits,
     _split_off_validation,
     colour_mode,
-    resize_and_crop,
+    materialise,
 )
-from vitlab.data.store import decode_once
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +65,7 @@ class HFDataError(ValueError):
 
 def load_hf(cfg: DataConfig, image_size: tuple[int, int] | None, splits: tuple[str, ...], seed: int,
             progress: bool):
-    """``(train, val, classes, notes, (mean, std))`` of the hf: source ``cfg.dataset``, as :func:`load_data` wants them."""
+    """The splits of the hf: source ``cfg.dataset``, as :func:`load_data` wants them."""
     hf, source, available, where, train_name, val_name, image_col, label_col, names = _source(cfg)
     first = available[train_name]
     if val_name is not None:
@@ -100,12 +98,10 @@ def load_hf(cfg: DataConfig, image_size: tuple[int, int] | None, splits: tuple[s
             continue
         if image_size is None:  # keep the images' own size, which must then be one size
             size = _common_size(hf, available[name], image_col, name, source, size)
-        decoded[name] = _decode_split(available[name], y, cfg, name, image_col, size, mode, image_size, progress)
+        decoded[name] = _decode_split(available[name], y, cfg, name, image_col, mode, image_size, progress)
 
     train = decoded.get(train_name)
     val = decoded.get(val_name) if val_name is not None else None
-    own_stats = train is not None and train.images is not None
-    stats = _pixel_stats(train.images) if own_stats else _fallback_stats(mode)
     if split_off:
         validation = f"validation held out of {train_name!r} (--data.val_fraction)"
     elif val_name is not None:
@@ -113,15 +109,14 @@ def load_hf(cfg: DataConfig, image_size: tuple[int, int] | None, splits: tuple[s
     else:
         validation = "no validation split"
     notes = {"source": f"{where}: train split {train_name!r} ({len(first)} images), {validation}; image column "
-                       f"{image_col!r}, label column {label_col!r} ({len(classes)} classes)",
-             "normalization": f"mean {stats[0]}, std {stats[1]} ({'the training images' if own_stats else 'ImageNet'})"}
+                       f"{image_col!r}, label column {label_col!r} ({len(classes)} classes)"}
     if auto_split and train is not None:
         train, val, split_notes = _split_off_validation(train, DEFAULT_VAL_FRACTION, seed)
         notes["validation"] = (f"{source} has no validation split (splits: {_describe_splits(available)}): "
                                f"{split_notes['validation']}; change it with --data.val_fraction or --data.hf_val_split")
     if "train" not in splits:
         train = None
-    return train, val, classes, notes, stats
+    return Splits(train, val, classes, notes)
 
 
 def probe_hf(cfg: DataConfig, sample: int = 32) -> tuple[int, int, list[tuple[int, int]]]:
@@ -362,74 +357,44 @@ def _common_size(hf, ds, column: str, split: str, source: str, expected: tuple |
     return next(iter(sizes))
 
 
-class HFImages(Dataset):
-    """Decodes the images of a ``datasets.Dataset`` to uint8 tensors (C, H, W), as :class:`FolderImages` decodes files."""
+class HFImages(DecodedImages):
+    """The images of one split of a ``datasets.Dataset`` (its ``column``), decoded as image files are."""
 
     def __init__(self, ds, column: str, labels: torch.Tensor, image_size: tuple[int, int] | None, mode: str,
-                 crop_pct: float = 1.0, interpolation: str = "bicubic", crop_mode: str = "center") -> None:
-        self.ds, self.column, self.labels = ds.select_columns([column]), column, labels
-        self.image_size, self.mode, self.crop_pct, self.interpolation = image_size, mode, crop_pct, interpolation
-        self.crop_mode = crop_mode
+                 crop_pct: float = 1.0, interpolation: str = "bicubic", crop_mode: str = "center",
+                 where: str = "", identity: list | None = None) -> None:
+        super().__init__(labels, image_size, mode, crop_pct, interpolation, crop_mode=crop_mode)
+        self.ds, self.column, self.where, self._identity = ds.select_columns([column]), column, where, identity or []
 
-    def __len__(self) -> int:
-        return len(self.labels)
+    def open(self, i: int):
+        try:
+            return self.ds[int(i)][self.column]
+        except UNREADABLE as exc:
+            raise BadImageError(f"{self.name(i)} cannot be decoded ({type(exc).__name__}: {exc})") from exc
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        return self.__getitems__([i])[0]
+    def name(self, i: int) -> str:
+        return f"{self.where} example {i}"
+
+    def identity(self) -> list:
+        return self._identity
 
     def __getitems__(self, indices: list[int]) -> list[tuple[torch.Tensor, int]]:
-        """A whole batch in one read (the DataLoader calls this)."""
-        from torchvision.transforms.v2 import functional as TF
-
-        out = []
-        for i, img in zip(indices, self.ds[list(indices)][self.column]):
-            img = img.convert(self.mode)
-            if self.image_size is not None:
-                img = resize_and_crop(img, self.image_size, self.crop_pct, self.interpolation, self.crop_mode)
-            out.append((TF.pil_to_tensor(img), int(self.labels[i])))
-        return out
+        """A whole batch in one read (the DataLoader calls this); one image at a time when one cannot be decoded."""
+        try:
+            images = self.ds[list(indices)][self.column]
+        except UNREADABLE:
+            return [self[i] for i in indices]
+        return [(self.decode(img), int(self.labels[i])) for i, img in zip(indices, images)]
 
 
-def _decode_split(ds, labels: torch.Tensor, cfg: DataConfig, split: str, column: str, size, mode: str,
+def _decode_split(ds, labels: torch.Tensor, cfg: DataConfig, split: str, column: str, mode: str,
                   image_size: tuple[int, int] | None, progress: bool) -> ImageSplit:
-    dataset = HFImages(ds, column, labels, image_size, mode, cfg.crop_pct, cfg.interpolation, cfg.crop_mode)
-    channels = 1 if mode == "L" else 3
-    nbytes = len(dataset) * channels * size[0] * size[1]
-    if nbytes > cfg.max_cache_gib * 2**30:
-        log.info("%s [%s]: %d images stream (%.1f GiB > max_cache_gib)", cfg.dataset, split, len(dataset), nbytes / 2**30)
-        return ImageSplit(labels, stream=dataset)
     files = [(f["filename"], os.stat(f["filename"]).st_size, int(os.stat(f["filename"]).st_mtime))
              for f in ds.cache_files if os.path.exists(f["filename"])]
-    fingerprint = hashlib.sha256(json.dumps(
-        [cfg.dataset, cfg.hf_config, cfg.hf_revision, cfg.path, split, column, getattr(ds, "_fingerprint", None), files,
-         len(ds), list(size), mode, cfg.crop_pct, cfg.interpolation, *([cfg.crop_mode] if cfg.crop_mode != "center" else []),
-         "pil"]).encode()).hexdigest()[:16]
+    identity = [cfg.dataset, cfg.hf_config, cfg.hf_revision, cfg.path, split, column, getattr(ds, "_fingerprint", None),
+                files]
+    dataset = HFImages(ds, column, labels, image_size, mode, cfg.crop_pct, cfg.interpolation, cfg.crop_mode,
+                       f"{cfg.dataset} [{split}]", identity)
     name = cfg.dataset[len(HF_PREFIX):] + (f"-{Path(cfg.path).name}" if cfg.path else "")
     slug = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_.")[-48:]
-    cache_file = cfg.resolved_cache_dir() / "tensors" / f"hf-{slug}-{split}-{fingerprint}.safetensors"
-    images, _ = decode_once(dataset, cache_file, (channels, *size), cfg.num_workers,
-                            f"decoding {cfg.dataset} [{split}] (once, cached)", progress)
-    return ImageSplit(labels, images=images)
-
-
-def _pixel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and std of uint8 images scaled to [0, 1], to 4 decimals (MNIST: 0.1307, 0.3081)."""
-    channels = images.shape[1]
-    total = torch.zeros(channels, dtype=torch.float64)
-    squares = torch.zeros(channels, dtype=torch.float64)
-    for chunk in images.split(max(1, 2**22 // max(1, images[0].numel()))):
-        x = chunk.transpose(0, 1).reshape(channels, -1).double()
-        total += x.sum(1)
-        squares += x.square().sum(1)
-    n = max(1, images.numel() // channels)
-    mean = total / n / 255
-    std = (squares / n / 255**2 - mean.square()).clamp(min=0).sqrt()
-    return tuple(round(float(m), 4) for m in mean), tuple(round(float(s), 4) if s > 1e-4 else 1.0 for s in std)
-
-
-def _fallback_stats(mode: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """ImageNet's statistics (channel-averaged for grayscale), when the training images are not in memory."""
-    mean, std = NORMALIZATION["imagefolder"]
-    if mode == "L":
-        return (round(math.fsum(mean) / 3, 4),), (round(math.fsum(std) / 3, 4),)
-    return mean, std
+    return materialise(dataset, cfg, f"hf-{slug}-{split}", f"{cfg.dataset} [{split}]", progress)

@@ -29,6 +29,9 @@ def iterate_batches(
     Batches are gathered ahead of use by a background thread (a memory-mapped store's pages are read while the
     model computes), in page-locked memory with ``pin_memory`` (for a non-blocking copy to CUDA).
     """
+    if split.shards is not None:
+        yield from _shard_batches(split, batch_size, shuffle, generator, num_workers, shard, pin_memory)
+        return
     n = len(split)
     order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
     batches = list(order.split(batch_size))
@@ -49,8 +52,26 @@ def iterate_batches(
         yield (images, labels) if bool(keep.all()) else (images[keep], labels[keep])
 
 
+def _shard_batches(split: ImageSplit, batch_size: int, shuffle: bool, generator: torch.Generator | None,
+                   num_workers: int, shard: tuple[int, int] | None, pin_memory: bool) -> Iterator:
+    """Batches of a split read from shards (:mod:`vitlab.data.shards`): shuffled, ``len // batch_size`` full batches for
+    every process; in order, every sample once (this process's share of the shards under torchrun)."""
+    rank, world = shard if shard is not None else (0, 1)
+    if shuffle:
+        seed = int(torch.randint(2**31 - 1, (1,), generator=generator))  # the epoch's, the same in every process
+        epoch = split.shards.epoch(seed, rank, world, batch_size, num_batches(split, batch_size, world))
+        loader = torch.utils.data.DataLoader(epoch, batch_size=None, num_workers=num_workers, pin_memory=pin_memory)
+    else:
+        loader = torch.utils.data.DataLoader(split.shards, batch_size=batch_size, num_workers=num_workers,
+                                             pin_memory=pin_memory)
+    for images, labels in loader:
+        yield images, torch.as_tensor(labels, dtype=torch.long)
+
+
 def num_batches(split: ImageSplit, batch_size: int, world_size: int = 1) -> int:
     """Steps per epoch, as :func:`iterate_batches` makes them (``world_size`` processes sharing each batch)."""
+    if split.shards is not None:  # full batches only, the same number in every process
+        return len(split) // batch_size
     full, rest = divmod(len(split), batch_size)
     return full + (1 if rest >= world_size else 0)
 

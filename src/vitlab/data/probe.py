@@ -3,7 +3,8 @@
 :func:`vitlab.resolve.resolve_config` asks this before training, so the model's head, input
 channels and input size can follow the data unless the user set them. Image folders are read
 from the file headers of a sample of images (a few per class); ``hf:`` sources from their
-features and a sample of images; the built-in sets are known.
+features and a sample of images; webdataset shards from a scan of their labels and their first
+images; the built-in sets are known.
 """
 
 from __future__ import annotations
@@ -64,6 +65,12 @@ def probe_data(cfg: DataConfig) -> DataFacts:
         return _facts(classes, channels, sizes)
     if name in BUILTIN_FACTS:
         return BUILTIN_FACTS[name]
+    if name == "webdataset":
+        from vitlab.data.shards import find_shards, scan, shard_mode
+
+        train, val = find_shards(cfg)
+        mode, sizes = shard_mode(train)
+        return _facts(max(scan(train, cfg).num_classes, scan(val, cfg).num_classes), 1 if mode == "L" else 3, sizes)
     if name != "imagefolder":
         raise ValueError(f"unknown dataset {cfg.dataset!r}; choose one of {list(DATASETS)} (imagefolder needs --data.path) "
                          "or hf:NAME (Hugging Face datasets)")
