@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 from conftest import shared_dir
 from vitlab.cli import main
 from vitlab.config import DataConfig
-from vitlab.data import DataNotFoundError, load_data
+from vitlab.data import DataNotFoundError, iterate_batches, load_data
 from vitlab.data import hf as hf_module
 from vitlab.model import ViT, ViTConfig
 
@@ -321,3 +321,28 @@ def test_an_hf_source_alone_decides_the_model_it_gets(tmp_path):
     _, small = parse_train_flags(["--data.dataset", f"hf:{tmp_path / 'gray'}"])
     assert small.model.num_classes == 3 and small.model.in_chans == 1 and small.data.augment == "digits"
     assert load_data(small.data, image_size=small.model.img_size).num_classes == small.model.num_classes
+
+
+def test_streaming_reads_the_training_split_every_epoch_and_stores_validation(hf_sources, tmp_path, capsys):
+    """--data.hf_streaming: the same images, labels, classes and normalisation as the decoded source, the training
+    split read as a seeded stream (every image once per epoch), the validation split decoded once."""
+    cfg = DataConfig(dataset="hf:parquet", path=str(hf_sources["parquet"]), num_workers=0, hf_streaming=True,
+                     cache_dir=str(tmp_path / "streamed"))
+    streamed = load_data(cfg, image_size=(16, 16))
+    decoded = load_data(replace(cfg, hf_streaming=False, cache_dir=str(tmp_path / "decoded")), image_size=(16, 16))
+    assert streamed.train.shards is not None and streamed.train.images is None  # nothing decoded ahead
+    assert streamed.classes == decoded.classes == CLASSES and len(streamed.train) == len(decoded.train) == 36
+    assert streamed.mean == decoded.mean and streamed.std == decoded.std  # fewer than 2,000 images: all of them
+    pairs = lambda split: sorted((int(y), x.numpy().tobytes()) for x, y in zip(split.images, split.labels))  # noqa: E731
+    assert pairs(streamed.val) == pairs(decoded.val)
+    epoch = list(iterate_batches(streamed.train, 6, shuffle=True, generator=torch.Generator().manual_seed(0)))
+    seen = sorted((int(y), x.numpy().tobytes()) for images, labels in epoch for x, y in zip(images, labels))
+    assert len(epoch) == 6 and seen == pairs(decoded.train)  # every training image once, with its label
+    run = tmp_path / "run"
+    assert main(["train", "--data.dataset", "hf:parquet", "--data.path", str(hf_sources["parquet"]), "--data.hf_streaming",
+                 "true", *TINY, "--train.epochs", "1", "--train.batch_size", "8", "--run_dir", str(run),
+                 "--data.cache_dir", str(tmp_path / "cli")]) == 0
+    assert "streamed" in json.loads((run / "best.json").read_text())["data_notes"]["source"]
+    with pytest.raises(ValueError, match="hf_val_split"):
+        load_data(DataConfig(dataset="hf:parquet", path=str(hf_sources["train_file"]), hf_streaming=True,
+                             cache_dir=str(tmp_path / "noval")), image_size=(16, 16))

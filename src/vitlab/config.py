@@ -81,6 +81,9 @@ class DataConfig:
     """hf: the Hub branch, tag or commit to load (default: the main branch)."""
     hf_train_split: Optional[str] = None
     """hf: the split to train on (default: train, or the only split)."""
+    hf_streaming: bool = False
+    """hf: read the training split as a stream every epoch (``streaming=True``: nothing downloaded or decoded ahead,
+    for data larger than the disk), as webdataset shards are; the validation split is still decoded once."""
     hf_val_split: Optional[str] = None
     """hf: the split to validate on (default: validation/valid/val/dev/eval, else test, else a seeded part of train)."""
     image_column: Optional[str] = None

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import glob
 import io
+import json
 import logging
 import os
 import re
@@ -66,6 +67,8 @@ class HFDataError(ValueError):
 def load_hf(cfg: DataConfig, image_size: tuple[int, int] | None, splits: tuple[str, ...], seed: int,
             progress: bool):
     """The splits of the hf: source ``cfg.dataset``, as :func:`load_data` wants them."""
+    if cfg.hf_streaming:
+        return load_hf_streaming(cfg, image_size, splits, progress)
     hf, source, available, where, train_name, val_name, image_col, label_col, names = _source(cfg)
     first = available[train_name]
     if val_name is not None:
@@ -121,6 +124,8 @@ def load_hf(cfg: DataConfig, image_size: tuple[int, int] | None, splits: tuple[s
 
 def probe_hf(cfg: DataConfig, sample: int = 32) -> tuple[int, int, list[tuple[int, int]]]:
     """``(classes, channels, sizes of a sample of training images)`` of the hf: source, as :func:`load_hf` will find them."""
+    if cfg.hf_streaming:
+        return probe_hf_streaming(cfg)
     _, source, available, _, train_name, val_name, image_col, label_col, names = _source(cfg)
     first = available[train_name]
     if names is not None:
@@ -161,8 +166,9 @@ def _import_datasets():
 # ----------------------------------------------------------------------------- finding the data set
 
 
-def _open(hf, cfg: DataConfig) -> tuple[dict[str, Any], str]:
-    """The source's splits (name -> ``datasets.Dataset``) and a description of where they came from."""
+def _open(hf, cfg: DataConfig, streaming: bool = False) -> tuple[dict[str, Any], str]:
+    """The source's splits (name -> ``datasets.Dataset``, or ``IterableDataset`` when ``streaming``) and a
+    description of where they came from."""
     spec = cfg.dataset[len(HF_PREFIX):].strip()
     if not spec:
         raise HFDataError(f"--data.dataset hf: needs a source: {FORMS}")
@@ -180,7 +186,7 @@ def _open(hf, cfg: DataConfig) -> tuple[dict[str, Any], str]:
         else:
             raise DataNotFoundError(f"hf:{spec}: --data.path {path} is neither a folder nor a file or glob that matches files")
         where = f"{spec} files at {path}"
-        load = lambda: hf.load_dataset(spec, **kwargs)
+        load = lambda: hf.load_dataset(spec, **kwargs, streaming=streaming)
     elif cfg.path:
         raise HFDataError(f"--data.path is for hf:imagefolder / hf:parquet (the files they read); {cfg.dataset} names "
                           "its data itself: drop --data.path")
@@ -190,14 +196,14 @@ def _open(hf, cfg: DataConfig) -> tuple[dict[str, Any], str]:
                                     "(it holds dataset_dict.json or state.json) or a local copy of a Hub data set")
         if (local / "dataset_dict.json").is_file() or (local / "state.json").is_file():
             where = f"save_to_disk folder {local}"
-            load = lambda: hf.load_from_disk(str(local))
+            load = lambda: _iterable(hf.load_from_disk(str(local))) if streaming else hf.load_from_disk(str(local))
         else:
             where = f"local data set folder {local}"
-            load = lambda: hf.load_dataset(str(local), name=cfg.hf_config)
+            load = lambda: hf.load_dataset(str(local), name=cfg.hf_config, streaming=streaming)
     else:
         hub = True
         where = f"Hub data set {spec}" + (f" ({cfg.hf_config})" if cfg.hf_config else "")
-        load = lambda: hf.load_dataset(spec, name=cfg.hf_config, revision=cfg.hf_revision)
+        load = lambda: hf.load_dataset(spec, name=cfg.hf_config, revision=cfg.hf_revision, streaming=streaming)
     try:
         loaded = load()
     except (ValueError, hf.exceptions.DatasetsError) as exc:
@@ -207,7 +213,7 @@ def _open(hf, cfg: DataConfig) -> tuple[dict[str, Any], str]:
         raise _unreachable(hf, cfg, where, hub, exc) from exc
     except Exception as exc:  # no connection, offline, not in the cache, unreadable files
         raise _unreachable(hf, cfg, where, hub, exc) from exc
-    if isinstance(loaded, hf.Dataset):  # one split, e.g. ``Dataset.save_to_disk``
+    if isinstance(loaded, (hf.Dataset, hf.IterableDataset)):  # one split, e.g. ``Dataset.save_to_disk``
         return {"train": loaded}, where
     if not isinstance(loaded, dict) or not loaded:
         raise HFDataError(f"{cfg.dataset}: expected a Dataset or DatasetDict, got {type(loaded).__name__}")
@@ -230,7 +236,15 @@ def _offline(hf) -> bool:
 
 
 def _describe_splits(available: dict[str, Any]) -> str:
-    return ", ".join(f"{name} ({len(ds)})" for name, ds in available.items())
+    return ", ".join(f"{name} ({len(ds)})" if hasattr(ds, "__len__") else name for name, ds in available.items())
+
+
+def _iterable(loaded):
+    """A ``save_to_disk`` data set as the streams ``streaming=True`` gives (one shard per 1,000 examples, at most 64)."""
+    def stream(ds):
+        return ds.to_iterable_dataset(num_shards=max(1, min(64, len(ds) // 1000)))
+
+    return stream(loaded) if not isinstance(loaded, dict) else {name: stream(ds) for name, ds in loaded.items()}
 
 
 def _choose_splits(source: str, available: dict[str, Any], cfg: DataConfig) -> tuple[str, str | None]:
@@ -398,3 +412,103 @@ def _decode_split(ds, labels: torch.Tensor, cfg: DataConfig, split: str, column:
     name = cfg.dataset[len(HF_PREFIX):] + (f"-{Path(cfg.path).name}" if cfg.path else "")
     slug = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_.")[-48:]
     return materialise(dataset, cfg, f"hf-{slug}-{split}", f"{cfg.dataset} [{split}]", progress)
+
+
+
+# ----------------------------------------------------------------------------- streaming (--data.hf_streaming)
+
+
+class _StreamReader:
+    """Shard ``i`` of a streamed split as (key, image bytes or file path, label or None): the images undecoded."""
+
+    def __init__(self, ds, split: str, image_col: str, label_col: str) -> None:
+        import datasets
+
+        self.ds = ds.select_columns([image_col, label_col]).cast_column(image_col, datasets.Image(decode=False))
+        self.split, self.image_col, self.label_col = split, image_col, label_col
+
+    def __call__(self, shard: int):
+        part = self.ds.shard(self.ds.n_shards, shard) if self.ds.n_shards > 1 else self.ds
+        for j, row in enumerate(part):
+            image, label = row[self.image_col], row[self.label_col]
+            data = None if image is None else (image.get("bytes") or image.get("path"))
+            yield f"{self.split} shard {shard} example {j}", data, int(label) if label is not None and label >= 0 else None
+
+
+def _stream_shards(cfg: DataConfig, ds, split: str, image_col: str, label_col: str):
+    """The split as :class:`~vitlab.data.shards.Shards` (its shards, counted once and remembered in the cache)."""
+    from vitlab.data.shards import Shards, counted
+
+    key = json.dumps([cfg.dataset, cfg.hf_config, cfg.hf_revision, cfg.path, split, image_col, label_col,
+                      _local_files(cfg)])
+    labels = ds.select_columns([label_col])
+    count, top = counted(cfg, key, lambda: (row[label_col] if row[label_col] is not None and row[label_col] >= 0
+                                            else None for row in labels))
+    if count == 0:
+        raise HFDataError(f"{cfg.dataset}: split {split!r} holds no labelled examples")
+    reader = _StreamReader(ds, split, image_col, label_col)
+    return Shards(tuple(range(ds.n_shards)), count, top + 1, reader, f"{cfg.dataset} [{split}]", key)
+
+
+def _local_files(cfg: DataConfig) -> list[tuple[str, int, int]]:
+    """(path, size, modification time) of the local files an hf: source reads (none for the Hub's)."""
+    spec = Path(cfg.dataset[len(HF_PREFIX):]).expanduser()
+    root = Path(cfg.path).expanduser() if cfg.path else (spec if spec.exists() else None)
+    if root is None:
+        return []
+    found = glob.glob(str(root / "**"), recursive=True) if root.is_dir() else glob.glob(str(root))
+    return [(f, os.stat(f).st_size, int(os.stat(f).st_mtime)) for f in sorted(found) if os.path.isfile(f)]
+
+
+def _streamed_source(cfg: DataConfig) -> tuple:
+    """``(source, where, train split, val split, image column, label column, class names or None, {split: Shards})``."""
+    hf = _import_datasets()
+    source = cfg.dataset
+    available, where = _open(hf, cfg, streaming=True)
+    train_name, val_name = _choose_splits(source, available, cfg)
+    if val_name is None:
+        raise HFDataError(f"{source}: --data.hf_streaming needs a validation split (splits: {_describe_splits(available)}); "
+                          "choose one with --data.hf_val_split")
+    first = available[train_name]
+    if first.features is None:
+        raise HFDataError(f"{source}: streaming does not know its columns before reading; load it without "
+                          "--data.hf_streaming, or save it as parquet")
+    image_col = _image_column(hf, source, first, cfg.image_column)
+    label_col, names = _label_column(hf, source, first, cfg.label_column)
+    shards = {name: _stream_shards(cfg, available[name], name, image_col, label_col) for name in (train_name, val_name)}
+    return source, where, train_name, val_name, image_col, label_col, names, shards
+
+
+def load_hf_streaming(cfg: DataConfig, image_size: tuple[int, int] | None, splits: tuple[str, ...],
+                      progress: bool) -> Splits:
+    """The hf: source with ``streaming=True`` (``--data.hf_streaming``): the training split read as a stream every
+    epoch, as WebDataset shards are (:mod:`vitlab.data.shards`: seeded shard order, split over processes and
+    workers, a bounded shuffle buffer, equal batch counts), the validation split decoded once into a store."""
+    from vitlab.data.shards import ShardDecoder, ShardSplit, shard_mode, stored
+
+    if image_size is None:
+        raise ValueError("streamed hf: sources are resized to the model's img_size, which was not given")
+    if cfg.val_fraction > 0 or cfg.train_subset is not None:
+        raise ValueError("--data.val_fraction and --data.train_subset do not apply to a streamed hf: source (it is read "
+                         "as a stream): validate on a split of its own (--data.hf_val_split)")
+    source, where, train_name, val_name, image_col, label_col, names, shards = _streamed_source(cfg)
+    classes = names or [str(i) for i in range(max(s.num_classes for s in shards.values()))]
+    mode, _ = shard_mode(list(shards[train_name].files), reader=shards[train_name].reader)
+    decoder = ShardDecoder([], image_size, mode, cfg.crop_pct, cfg.interpolation, crop_mode=cfg.crop_mode)
+    train = ImageSplit(torch.zeros(0, dtype=torch.long), shards=ShardSplit(shards[train_name], decoder,
+                       cfg.skip_bad_images, cfg.shuffle_buffer)) if "train" in splits else None
+    val = stored(shards[val_name], decoder, cfg, progress) if "val" in splits else None
+    notes = {"source": f"{where}, streamed: train split {train_name!r} ({shards[train_name].count} images in "
+                       f"{len(shards[train_name].files)} shards, read every epoch), validation split {val_name!r} "
+                       f"({shards[val_name].count}, decoded once); image column {image_col!r}, label column "
+                       f"{label_col!r} ({len(classes)} classes)"}
+    return Splits(train, val, classes, notes)
+
+
+def probe_hf_streaming(cfg: DataConfig) -> tuple[int, int, list[tuple[int, int]]]:
+    """:func:`probe_hf` for ``--data.hf_streaming``: from the features, one counting pass and the first images."""
+    from vitlab.data.shards import shard_mode
+
+    _, _, train_name, _, _, _, names, shards = _streamed_source(cfg)
+    mode, sizes = shard_mode(list(shards[train_name].files), reader=shards[train_name].reader)
+    return len(names) if names else max(s.num_classes for s in shards.values()), 1 if mode == "L" else 3, sizes

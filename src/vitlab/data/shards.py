@@ -28,10 +28,12 @@ import itertools
 import json
 import logging
 import random
+import re
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
@@ -60,13 +62,24 @@ LAYOUT = ("expected DIR/train/*.tar and DIR/val/*.tar (or DIR/train-*.tar and DI
           "(.jpg/.png/.webp) and its label (.cls) sharing a key; `vitlab shards` writes them from an image folder")
 
 
+def read_tar(path: Path) -> Iterator[tuple[str, bytes | None, int | None]]:
+    """(key, image bytes, label) of each sample of a tar shard."""
+    for key, image, _, label in read_samples(path):
+        yield key, image, label
+
+
 @dataclass(frozen=True)
 class Shards:
-    """One split's tar files and what a scan of them found."""
+    """One split read as a stream: its shards (tar files, or the shard numbers of a streamed Hugging Face split),
+    how to read one (``reader(shard)`` yields (key, image bytes or file path, label or None)), and what a scan of
+    them found."""
 
-    files: tuple[Path, ...]
+    files: tuple
     count: int  # samples that have an image and a label
     num_classes: int  # the largest label + 1
+    reader: Callable[[Any], Iterator[tuple[str, bytes | str | None, int | None]]] = read_tar
+    where: str = ""  # the split, for messages and the store's name
+    identity: str = ""  # what the decoded validation store depends on (files and their dates)
 
 
 def find_shards(cfg: DataConfig) -> tuple[list[Path], list[Path]]:
@@ -136,20 +149,27 @@ def _sample(key: str, parts: dict[str, bytes]) -> tuple[str, bytes | None, str, 
 def scan(files: list[Path], cfg: DataConfig) -> Shards:
     """Count the samples and find the largest label of ``files`` (one pass), remembered in the cache per file."""
     key = json.dumps([(str(f.absolute()), f.stat().st_size, int(f.stat().st_mtime)) for f in files])
-    cache = cfg.resolved_cache_dir() / "shards" / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
-    if cache.exists():
-        known = json.loads(cache.read_text())
-        return Shards(tuple(files), known["count"], known["num_classes"])
-    count, top = 0, -1
-    for path in files:
-        for _, image, _, label in read_samples(path):
-            if image is not None and label is not None:
-                count, top = count + 1, max(top, label)
+    count, top = counted(cfg, key, lambda: (label for path in files for _, image, label in read_tar(path)
+                                           if image is not None))
     if count == 0:
         raise DataNotFoundError(f"shards {', '.join(map(str, files[:3]))}... hold no sample with an image and a label: "
                                 f"{LAYOUT}")
+    return Shards(tuple(files), count, top + 1, read_tar, f"shards {files[0].parent}", key)
+
+
+def counted(cfg: DataConfig, key: str, labels: Callable[[], Iterator[int | None]]) -> tuple[int, int]:
+    """(samples with a label, the largest label) of the stream ``labels()`` yields, remembered in the cache under
+    ``key``: one pass over a split, the first time only."""
+    cache = cfg.resolved_cache_dir() / "shards" / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
+    if cache.exists():
+        known = json.loads(cache.read_text())
+        return known["count"], known["num_classes"] - 1
+    count, top = 0, -1
+    for label in labels():
+        if label is not None:
+            count, top = count + 1, max(top, label)
     atomic_write_text(cache, json.dumps({"count": count, "num_classes": top + 1}))
-    return Shards(tuple(files), count, top + 1)
+    return count, top
 
 
 def class_names_of(cfg: DataConfig, num_classes: int) -> list[str]:
@@ -164,61 +184,61 @@ def class_names_of(cfg: DataConfig, num_classes: int) -> list[str]:
     return [str(i) for i in range(num_classes)]
 
 
-def shard_mode(files: list[Path], sample: int = 32) -> tuple[str, list[tuple[int, int]]]:
+def shard_mode(files: list, sample: int = 32, reader=read_tar) -> tuple[str, list[tuple[int, int]]]:
     """The colour mode (:func:`colour_mode`) and (height, width) of the first ``sample`` images of the first shard."""
     from PIL import Image
 
     modes, sizes = [], []
-    for _, image, _, _ in itertools.islice(read_samples(files[0]), sample):
+    for _, image, _ in itertools.islice(reader(files[0]), sample):
         try:
-            with Image.open(io.BytesIO(image or b"")) as im:
+            with Image.open(io.BytesIO(image) if isinstance(image, bytes) else image) as im:
                 modes.append(im.mode)
                 sizes.append((im.height, im.width))
-        except UNREADABLE:
+        except (*UNREADABLE, TypeError):
             continue
     if not sizes:
-        raise BadImageError(f"none of the first {sample} images of shard {files[0]} can be decoded; check the shards")
+        raise BadImageError(f"none of the first {sample} images of shard {files[0]} can be decoded; check the data")
     return colour_mode(modes), sizes
 
 
 class ShardDecoder(DecodedImages):
     """Decodes shard images as image files are decoded (mode, 8 bits, resize and crop)."""
 
-    def image(self, key: str, data: bytes | None, shard: Path):
-        from PIL import Image
+    def image(self, key: str, data: bytes | str | None, shard):
+        from PIL import Image, ImageOps
 
         try:
-            with Image.open(io.BytesIO(data or b"")) as im:
+            with Image.open(io.BytesIO(data or b"") if not isinstance(data, str) else data) as im:
                 im.load()
-                return self.decode(im)
+                return self.decode(ImageOps.exif_transpose(im))
         except UNREADABLE as exc:
             raise BadImageError(f"{shard}: sample {key} cannot be decoded ({type(exc).__name__}: {exc})") from exc
 
 
-def _worker_samples(files: tuple[Path, ...], part: int, parts: int, seed: int | None) -> Iterator:
-    """This worker's (shard, key, image bytes, label), one pass: its shards (every ``parts``-th of the list, shuffled
+def _worker_samples(shards: Shards, part: int, parts: int, seed: int | None) -> Iterator:
+    """This worker's (shard, key, image, label), one pass: its shards (every ``parts``-th of the list, shuffled
     with ``seed``) or, with fewer shards than workers, its ``part``-th of every shard's samples."""
-    order = list(files)
+    order = list(shards.files)
     if seed is not None:
         random.Random(seed).shuffle(order)
     mine, by_sample = (order[part::parts], False) if len(order) >= parts else (order, True)
     for shard in mine:
-        for i, (key, image, _, label) in enumerate(read_samples(shard)):
+        for i, (key, image, label) in enumerate(shards.reader(shard)):
             if label is not None and (not by_sample or i % parts == part):
                 yield shard, key, image, label
 
 
-def _passes(files: tuple[Path, ...], part: int, parts: int, seed: int, buffer: int) -> Iterator:
+def _passes(shards: Shards, part: int, parts: int, seed: int, buffer: int) -> Iterator:
     """Endless passes over this worker's share, each through the shuffle buffer and emptied before the next starts
     (so a sample comes again only after every other one of the share has come once)."""
     for round_ in itertools.count():
         given = False
         rng = random.Random((seed + round_) * 100_003 + part)
-        for sample in _shuffled(_worker_samples(files, part, parts, seed + round_), buffer, rng):
+        for sample in _shuffled(_worker_samples(shards, part, parts, seed + round_), buffer, rng):
             given = True
             yield sample
         if not given:
-            raise ValueError(f"this process's share of the shards ({len(files)} shards for {parts} readers) holds no "
+            raise ValueError(f"this process's share of {shards.where} ({len(shards.files)} shards for {parts} readers) holds no "
                              f"labelled samples: {LAYOUT}")
 
 
@@ -253,7 +273,7 @@ class ShardSplit(IterableDataset):
     def __iter__(self):
         info = get_worker_info()
         part, parts = (info.id, info.num_workers) if info is not None else (0, 1)
-        for shard, key, data, label in _worker_samples(self.shards.files, part, parts, None):
+        for shard, key, data, label in _worker_samples(self.shards, part, parts, None):
             image = self._decode(shard, key, data)
             if image is not None:
                 yield image, label
@@ -283,7 +303,7 @@ class _Epoch(IterableDataset):
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
         part, parts = self.rank * workers + worker, self.world * workers
-        samples = _passes(self.split.shards.files, part, parts, self.seed, self.split.shuffle_buffer)
+        samples = _passes(self.split.shards, part, parts, self.seed, self.split.shuffle_buffer)
         for _ in range(worker, self.steps, workers):  # batch j is worker j % workers's: the loader takes them in turn
             images, labels = [], []
             while len(images) < self.batch:
@@ -315,7 +335,7 @@ def load_shards(cfg: DataConfig, image_size: tuple[int, int] | None, splits: tup
         train = ImageSplit(torch.zeros(0, dtype=torch.long),
                            shards=ShardSplit(train_shards, decoder, cfg.skip_bad_images, cfg.shuffle_buffer))
     if "val" in splits:
-        val = _stored(val_shards, decoder, cfg, progress)
+        val = stored(val_shards, decoder, cfg, progress)
     notes = {"source": f"webdataset shards under {cfg.path}: {len(train_files)} training shards "
                        f"({train_shards.count} samples, streamed), {len(val_files)} validation shards "
                        f"({val_shards.count} samples, decoded once)"}
@@ -337,18 +357,17 @@ class _Listed(DecodedImages):
         raise BadImageError(f"sample {i} (its shard and key are in the warnings above)")
 
 
-def _stored(shards: Shards, decoder: ShardDecoder, cfg: DataConfig, progress: bool) -> ImageSplit:
-    """Every sample of ``shards`` decoded once into a store, with its label."""
-    key = json.dumps([[(str(f.absolute()), f.stat().st_size, int(f.stat().st_mtime)) for f in shards.files],
-                      list(decoder.image_size), *decoder.settings()])
-    fingerprint = hashlib.sha256(key.encode()).hexdigest()[:16]
-    where = f"shards {shards.files[0].parent}"
-    cache_file = cfg.resolved_cache_dir() / "tensors" / f"shards-{shards.files[0].parent.name}-{fingerprint}.safetensors"
+def stored(shards: Shards, decoder: ShardDecoder, cfg: DataConfig, progress: bool) -> ImageSplit:
+    """Every sample of ``shards`` decoded once into a store, with its label (a validation split)."""
+    fingerprint = hashlib.sha256(json.dumps([shards.identity, list(decoder.image_size), *decoder.settings()])
+                                 .encode()).hexdigest()[:16]
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", shards.where).strip("_.")[-48:]
+    cache_file = cfg.resolved_cache_dir() / "tensors" / f"{slug}-{fingerprint}.safetensors"
     shape = (1 if decoder.mode == "L" else 3, *decoder.image_size)
     stream = ShardSplit(shards, decoder, skip_bad=False, shuffle_buffer=0, mark=shape)
-    images, bad, labels = decode_once(stream, cache_file, shape, cfg.num_workers, f"decoding {where} (once, cached)",
-                                      progress)
-    return without_bad_images(ImageSplit(labels, images=images), bad, _Listed(len(labels), where), where,
+    images, bad, labels = decode_once(stream, cache_file, shape, cfg.num_workers,
+                                      f"decoding {shards.where} (once, cached)", progress)
+    return without_bad_images(ImageSplit(labels, images=images), bad, _Listed(len(labels), shards.where), shards.where,
                               cfg.skip_bad_images)
 
 
