@@ -698,20 +698,22 @@ def unicode_names(tmp: Path) -> Outcome:
     return Outcome(train(tmp, data), trained_with(tmp, classes=list(classes), count=8), tmp=tmp)
 
 
-@case("one_pixel_image", "a 1x1 image among 32x32 ones: resized like the rest", "handled")
-def one_pixel(tmp: Path) -> Outcome:
+def one_odd_size(tmp: Path, size: tuple[int, int]) -> Outcome:
+    """A folder of 32x32 images and one of ``size``: trained, every image resized to the model's size."""
     data = tmp / "data"
     write_classes(data)
-    rgb_image(5, (1, 1)).save(data / "dog" / "pixel.png")
+    rgb_image(5, size).save(data / "dog" / "odd.png")
     return Outcome(train(tmp, data), trained_with(tmp, channels=3, count=11), tmp=tmp)
+
+
+@case("one_pixel_image", "a 1x1 image among 32x32 ones: resized like the rest", "handled")
+def one_pixel(tmp: Path) -> Outcome:
+    return one_odd_size(tmp, (1, 1))
 
 
 @case("very_wide_image", "a 2000x20 panorama among 32x32 images: resized and cropped", "handled")
 def very_wide(tmp: Path) -> Outcome:
-    data = tmp / "data"
-    write_classes(data)
-    rgb_image(5, (2000, 20)).save(data / "dog" / "panorama.png")
-    return Outcome(train(tmp, data), trained_with(tmp, channels=3, count=11), tmp=tmp)
+    return one_odd_size(tmp, (2000, 20))
 
 
 @case("mixed_sizes", "images from 17x40 to 96x64 in one folder: all resized to the model's size", "handled")

@@ -73,8 +73,9 @@ def load_data(cfg: DataConfig, image_size: tuple[int, int] | None = None, seed: 
     else:
         mean, std = _normalization(name, sample, cfg)
         if name not in NORMALIZATION:
+            which = "the first" if sample.shards is not None else "a seeded sample of"
             notes["normalization"] = (f"mean {mean}, std {std}: the {'training' if sample is train else 'validation'} "
-                                      f"images' own (a seeded sample of {min(len(sample), STATS_SAMPLE)})")
+                                      f"images' own ({which} {min(len(sample), STATS_SAMPLE)})")
         mean, std = tuple(cfg.mean or mean), tuple(cfg.std or std)
     return ImageData(name, train, test, classes, mean, std, channels, size, notes)  # type: ignore[arg-type]
 

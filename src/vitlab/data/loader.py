@@ -26,8 +26,9 @@ def iterate_batches(
     ``shard=(rank, world_size)``: ``batch_size`` is the global batch and this process gets the
     rank-th equal part of each one (data-parallel training). A last global batch too small to
     give every process an image is dropped, so all processes take the same number of steps.
-    Batches are gathered ahead of use by a background thread (a memory-mapped store's pages are read while the
-    model computes), in page-locked memory with ``pin_memory`` (for a non-blocking copy to CUDA).
+    Batches are gathered ahead of use by a background thread (a store's images are read from disk while the
+    model computes), in page-locked memory with ``pin_memory`` (for a non-blocking copy to CUDA). A split read from
+    shards comes from DataLoader workers instead (:func:`_shard_batches`).
     """
     if split.shards is not None:
         yield from _shard_batches(split, batch_size, shuffle, generator, num_workers, shard, pin_memory)

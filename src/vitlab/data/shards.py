@@ -49,6 +49,7 @@ from vitlab.data.datasets import (
     ImageSplit,
     Splits,
     colour_mode,
+    open_image,
     without_bad_images,
 )
 from vitlab.data.store import decode_once
@@ -205,14 +206,12 @@ class ShardDecoder(DecodedImages):
     """Decodes shard images as image files are decoded (mode, 8 bits, resize and crop)."""
 
     def image(self, key: str, data: bytes | str | None, shard):
-        from PIL import Image, ImageOps
-
+        """Sample ``key`` of ``shard`` (its image's bytes, or a file path) decoded; :class:`BadImageError` naming both."""
         try:
-            with Image.open(io.BytesIO(data or b"") if not isinstance(data, str) else data) as im:
-                im.load()
-                return self.decode(ImageOps.exif_transpose(im))
-        except UNREADABLE as exc:
-            raise BadImageError(f"{shard}: sample {key} cannot be decoded ({type(exc).__name__}: {exc})") from exc
+            return self.decode(open_image(data if isinstance(data, str) else io.BytesIO(data or b"")))
+        except BadImageError as exc:
+            cause = exc.__cause__
+            raise BadImageError(f"{shard}: sample {key} cannot be decoded ({type(cause).__name__}: {cause})") from cause
 
 
 def _worker_samples(shards: Shards, part: int, parts: int, seed: int | None) -> Iterator:
@@ -383,8 +382,6 @@ class _Encoded(DecodedImages):
 
     def __getitem__(self, i: int) -> tuple[bytes, int]:
         from PIL import Image
-
-        from vitlab.data.datasets import open_image
 
         try:
             image = open_image(self.files[i], self.mode)
