@@ -161,14 +161,15 @@ def pixel_stats(batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> tuple[t
     total = squares = None
     count = 0
     for images, _ in batches:
-        x = images.transpose(0, 1).reshape(images.shape[1], -1).double() / 255
-        total = x.sum(1) + (0 if total is None else total)
-        squares = x.square().sum(1) + (0 if squares is None else squares)
-        count += x.shape[1]
+        for chunk in images.split(16):  # a few MiB of floats at a time: the memory stays at a batch
+            x = chunk.float()
+            sums, sums_sq = x.sum((0, 2, 3), dtype=torch.float64), x.square().sum((0, 2, 3), dtype=torch.float64)
+            total, squares = (sums, sums_sq) if total is None else (total + sums, squares + sums_sq)
+            count += x.numel() // x.shape[1]
     if total is None:
         raise ValueError("no images to measure the normalisation on")
-    mean = total / count
-    std = (squares / count - mean.square()).clamp(min=0).sqrt()
+    mean = total / count / 255
+    std = (squares / count / 255**2 - mean.square()).clamp(min=0).sqrt()
     return tuple(round(float(m), 4) for m in mean), tuple(round(float(s), 4) if s > 1e-4 else 1.0 for s in std)
 
 

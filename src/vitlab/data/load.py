@@ -84,9 +84,10 @@ def _normalization(name: str, split: ImageSplit, cfg: DataConfig) -> tuple[tuple
     """The named data sets' published statistics, else the split's own (:func:`pixel_stats`)."""
     if name in NORMALIZATION:
         return NORMALIZATION[name]
+    batch = 64  # small batches: measuring adds a few MiB of memory, not a store's worth
     if split.shards is not None:  # the first images of the shards, in order
-        first = torch.utils.data.DataLoader(split.shards, batch_size=256)
-        return pixel_stats(itertools.islice(first, -(-STATS_SAMPLE // 256)))
+        first = torch.utils.data.DataLoader(split.shards, batch_size=batch)
+        return pixel_stats(itertools.islice(first, -(-STATS_SAMPLE // batch)))
     if len(split) > STATS_SAMPLE:
         split = split.subset(_seeded_perm(len(split), 0)[:STATS_SAMPLE].sort().values)
-    return pixel_stats(iterate_batches(split, 256, num_workers=cfg.num_workers))
+    return pixel_stats(iterate_batches(split, batch, num_workers=cfg.num_workers))
