@@ -878,11 +878,16 @@ def val_fraction(tmp: Path) -> Outcome:
     return Outcome(train(tmp, data, val_fraction="1.5"), needles=("val_fraction",), tmp=tmp)
 
 
-@case("patch_not_dividing", "--model.patch_size 7 with --model.img_size 32: refused, naming patch_size", "clean_error")
-def patch(tmp: Path) -> Outcome:
+def refused_flag(tmp: Path, flag: str, value: str, needle: str) -> Outcome:
+    """A 2-class folder trained with ``flag value``, which must be refused with a message naming ``needle``."""
     data = tmp / "data"
     write_classes(data)
-    return Outcome(train(tmp, data, "--model.patch_size", "7"), needles=("patch_size",), tmp=tmp)
+    return Outcome(train(tmp, data, flag, value), needles=(needle,), tmp=tmp)
+
+
+@case("patch_not_dividing", "--model.patch_size 7 with --model.img_size 32: refused, naming patch_size", "clean_error")
+def patch(tmp: Path) -> Outcome:
+    return refused_flag(tmp, "--model.patch_size", "7", "patch_size")
 
 
 @case("misspelt_flag", "--data.pth (a typo): refused, naming it and the closest real flag", "clean_error")
@@ -895,16 +900,12 @@ def misspelt(tmp: Path) -> Outcome:
 
 @case("num_classes_disagrees", "--model.num_classes 5 on a 2-class folder: refused, naming num_classes", "clean_error")
 def num_classes(tmp: Path) -> Outcome:
-    data = tmp / "data"
-    write_classes(data)
-    return Outcome(train(tmp, data, "--model.num_classes", "5"), needles=("num_classes",), tmp=tmp)
+    return refused_flag(tmp, "--model.num_classes", "5", "num_classes")
 
 
 @case("batch_size_zero", "--train.batch_size 0: refused, naming batch_size", "clean_error")
 def batch_zero(tmp: Path) -> Outcome:
-    data = tmp / "data"
-    write_classes(data)
-    return Outcome(train(tmp, data, "--train.batch_size", "0"), needles=("batch_size",), tmp=tmp)
+    return refused_flag(tmp, "--train.batch_size", "0", "batch_size")
 
 
 # predict and eval
