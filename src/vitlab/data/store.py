@@ -135,8 +135,8 @@ class StoredImages:
         item_bytes, fd = math.prod(self.item_shape), self._file()
         for begin, end in zip(bounds, bounds[1:]):
             _read_exactly(fd, staged[begin:end].numpy(), self.data_start + int(ordered[begin]) * item_bytes, self.path)
-        if not in_order:
-            out[order] = staged
+        if not in_order:  # by numpy: in a reading thread, a torch copy would start OpenMP threads beside the model's
+            out.numpy()[order.numpy()] = staged.numpy()
         return out
 
     def _file(self) -> int:
