@@ -72,6 +72,12 @@ RUN_PRESETS: dict[str, RunConfig] = {
                           label_smoothing=0.1),
     ),
 }
+# >= 99.0% in <= 2 minutes: mnist_5min at a higher learning rate for as many epochs as 110 s allow (5 on a CPU
+# measuring ~330 GFLOP/s: 99.15% and 99.12% over two seeds in 100 s; 99.01% at mnist_5min's 3e-3).
+RUN_PRESETS["mnist_2min"] = replace(
+    RUN_PRESETS["mnist_5min"],
+    train=replace(RUN_PRESETS["mnist_5min"].train, epochs=5, time_budget_s=110, lr=5e-3),
+)
 # >= 99.5% in <= 20 minutes: mnist_5min with 4 blocks, 18 epochs and a moving average of the weights.
 RUN_PRESETS["mnist_20min"] = replace(
     RUN_PRESETS["mnist_5min"],
