@@ -21,7 +21,7 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, BinaryIO, NamedTuple
 
 import torch
 from filelock import FileLock
@@ -64,10 +64,10 @@ UNREADABLE = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)  #
 SKIP_HINT = "--data.skip_bad_images true leaves such files out (with a warning that lists them)"
 
 
-def open_image(path: str | Path, mode: str | None = None):
-    """``path`` decoded by PIL, upright (its EXIF orientation applied), as an 8-bit image in ``mode`` ("L" or "RGB")
-    when given: 16-bit and float images are scaled to 0..255, not clipped. Raises :class:`BadImageError` naming the
-    file when it cannot be decoded."""
+def open_image(path: str | Path | BinaryIO, mode: str | None = None):
+    """``path`` (a file, or an open binary stream such as a shard's bytes) decoded by PIL, upright (its EXIF
+    orientation applied), as an 8-bit image in ``mode`` ("L" or "RGB") when given: 16-bit and float images are scaled
+    to 0..255, not clipped. Raises :class:`BadImageError` naming the file when it cannot be decoded."""
     from PIL import ImageOps
 
     try:
