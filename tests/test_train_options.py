@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 from dataclasses import replace
 
 import pytest
@@ -96,3 +98,25 @@ def test_precision_auto_resolves_as_documented_with_and_without_amx(amx, monkeyp
         assert device_module.precision_note("auto", cpu) is None
     finally:
         device_module.cpu_has_amx_bf16.cache_clear()
+
+
+def test_compile_without_a_cpp_compiler_trains_uncompiled_with_a_note(pattern_folder, tmp_path, monkeypatch):
+    """--train.compile true on a CPU with no C++ compiler: the run trains eagerly and says why, not a traceback."""
+    from vitlab import device as device_module
+
+    monkeypatch.setenv("CXX", "no-such-compiler")
+    cpu = torch.device("cpu")
+    assert device_module.cpp_compiler() is None
+    assert device_module.resolve_compile(False, cpu) == (False, None)
+    compile_, note = device_module.resolve_compile(True, cpu)
+    assert not compile_ and "C++ compiler" in note and "apt install g++" in note
+    assert device_module.resolve_compile(True, torch.device("cuda")) == (True, None)  # CUDA compiles with Triton
+
+    def no_compile(*args, **kwargs):
+        raise AssertionError("torch.compile called without a C++ compiler")
+
+    monkeypatch.setattr(torch, "compile", no_compile)
+    train(tiny_run(pattern_folder, epochs=1, compile=True), tmp_path / "run", progress=False)
+    assert json.loads((tmp_path / "run" / "best.json").read_text())["data_notes"]["compile"] == note
+    monkeypatch.delenv("CXX")
+    assert (device_module.cpp_compiler() is not None) is any(shutil.which(c) for c in ("g++", "c++", "clang++"))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import shutil
 from functools import cache
 from pathlib import Path
 
@@ -51,3 +53,19 @@ def precision_note(precision: str, device: torch.device) -> str | None:
         return ("--train.precision bf16 on a CPU without AMX-BF16: bf16 is emulated there and runs several times "
                 "slower than fp32; --train.precision auto (fp32 on the CPU) is faster")
     return None
+
+
+def cpp_compiler() -> str | None:
+    """The C++ compiler ``torch.compile`` would build CPU kernels with: ``$CXX`` when set, else g++, c++ or
+    clang++ on the PATH; None when there is none."""
+    names = [os.environ["CXX"]] if os.environ.get("CXX") else ["g++", "c++", "clang++"]
+    return next((path for name in names if (path := shutil.which(name))), None)
+
+
+def resolve_compile(compile_: bool, device: torch.device) -> tuple[bool, str | None]:
+    """Whether the training step runs through ``torch.compile``, and a note when ``--train.compile true`` cannot
+    be honoured: on the CPU, compiling needs a C++ compiler, and without one the run trains uncompiled."""
+    if compile_ and device.type == "cpu" and cpp_compiler() is None:
+        return False, ("--train.compile true needs a C++ compiler on the CPU and none was found (g++, c++, clang++ "
+                       "or $CXX): training uncompiled, which is slower; install one (e.g. apt install g++) to compile")
+    return compile_, None

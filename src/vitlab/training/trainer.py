@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from vitlab.baselines import build_model, model_flops
 from vitlab.config import FinetuneConfig, RunConfig, TrainConfig
 from vitlab.data import ImageData, ImageSplit, Preprocess, iterate_batches, load_data, num_batches
-from vitlab.device import autocast_context, precision_note, resolve_device
+from vitlab.device import autocast_context, precision_note, resolve_compile, resolve_device
 from vitlab.model import ViT
 from vitlab.resolve import ConfigError, resolve_config, with_planned_epochs
 from vitlab.training.budget import SAFETY, WARM_STEPS, epoch_seconds, planned_epochs
@@ -170,6 +170,9 @@ def start_run(cfg: RunConfig, run_dir: Path, resume: bool, data: ImageData | Non
     model, notes = build_run_model(cfg, fresh=state is None)  # fine-tuning: the weights are read first
     if note := precision_note(tc.precision, device):
         notes["precision"] = note
+    compile_step, note = resolve_compile(tc.compile, device)
+    if note:
+        notes["compile"] = note
     data = data or load_data(cfg.data, image_size=cfg.model.img_size, seed=tc.seed, progress=progress,
                              channels=cfg.model.in_chans)
     if data.num_classes != cfg.model.num_classes:
@@ -201,7 +204,7 @@ def start_run(cfg: RunConfig, run_dir: Path, resume: bool, data: ImageData | Non
     run.started = time.perf_counter() - (run.history[-1]["elapsed_s"] if run.history else 0.0)
     if ctx.is_main:
         run.tracker = open_tracker(tc.tracker, run_dir, cfg.to_dict(), tc.tracker_project)
-    run.compiled = torch.compile(run.step_model) if tc.compile and not ctx.enabled else None
+    run.compiled = torch.compile(run.step_model) if compile_step and not ctx.enabled else None
     if progress:
         announce(run, notes)
     return run
@@ -343,7 +346,8 @@ def step_runner(run: Run, epoch: int) -> torch.nn.Module:
     if not run.ctx.enabled:
         return run.compiled if run.compiled is not None else run.step_model
     if run.ddp is None or run.ddp[1] != frozen:
-        run.ddp = (_data_parallel(run.step_model, run.device, run.cfg.train.compile), frozen)
+        run.ddp = (_data_parallel(run.step_model, run.device, resolve_compile(run.cfg.train.compile, run.device)[0]),
+                   frozen)
     return run.ddp[0]
 
 
