@@ -135,6 +135,7 @@ class Run:
     start_epoch: int = 0
     started: float = 0.0
     tracker: Tracker = field(default_factory=Tracker)
+    compile_step: bool = False  # --train.compile as it can be honoured here (resolve_compile)
     compiled: torch.nn.Module | None = None
     ddp: tuple[torch.nn.Module, bool] | None = None  # the DDP wrapper and the trainable set it was made for
     planned_epoch_s: float = 0.0  # a time budget's plan: the seconds per epoch it assumed
@@ -204,6 +205,7 @@ def start_run(cfg: RunConfig, run_dir: Path, resume: bool, data: ImageData | Non
     run.started = time.perf_counter() - (run.history[-1]["elapsed_s"] if run.history else 0.0)
     if ctx.is_main:
         run.tracker = open_tracker(tc.tracker, run_dir, cfg.to_dict(), tc.tracker_project)
+    run.compile_step = compile_step
     run.compiled = torch.compile(run.step_model) if compile_step and not ctx.enabled else None
     if progress:
         announce(run, notes)
@@ -346,8 +348,7 @@ def step_runner(run: Run, epoch: int) -> torch.nn.Module:
     if not run.ctx.enabled:
         return run.compiled if run.compiled is not None else run.step_model
     if run.ddp is None or run.ddp[1] != frozen:
-        run.ddp = (_data_parallel(run.step_model, run.device, resolve_compile(run.cfg.train.compile, run.device)[0]),
-                   frozen)
+        run.ddp = (_data_parallel(run.step_model, run.device, run.compile_step), frozen)
     return run.ddp[0]
 
 
