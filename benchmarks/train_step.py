@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import time
@@ -25,7 +24,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from throughput import RESULTS, _cpu_name, matmul_rate  # noqa: E402
+from throughput import RESULTS  # noqa: E402
+from train_to_accuracy import machine  # noqa: E402
 from vitlab.model import ViT  # noqa: E402
 from vitlab.presets import run_config  # noqa: E402
 
@@ -85,8 +85,7 @@ def main() -> None:
     for row in rows:
         print(f"{row['variant']:16s} {row['images_per_s']:8.1f} images/s")
     result = {"preset": args.preset, "batch": args.batch, "threads": torch.get_num_threads(), "rows": rows,
-              "machine": {"cpu": platform.processor() or _cpu_name(), "torch": torch.__version__,
-                          "matmul_fp32_gflops": round(matmul_rate(torch.device("cpu"), torch.float32) / 1e9, 1)},
+              "machine": machine(),
               "date": time.strftime("%Y-%m-%d")}
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"{args.tag or 'train-step-' + args.preset}.json"

@@ -32,15 +32,9 @@ RESULTS = Path(__file__).resolve().parent / "results"
 def machine() -> dict:
     import torch
 
-    cpu = "unknown"
-    if Path("/proc/cpuinfo").exists():
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    from throughput import matmul_rate  # benchmarks/ is on the path when this runs as a script
+    from throughput import _cpu_name, matmul_rate  # benchmarks/ is on the path when this runs as a script
 
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
+    return {"cpu": _cpu_name(), "cores": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
             "matmul_fp32_gflops": round(matmul_rate(torch.device("cpu"), torch.float32) / 1e9, 1)}
 
