@@ -7,16 +7,19 @@ conv stem); ``bf16`` (bf16 autocast); combined with ``+``, e.g. ``cl+compile``. 
 recipe should run with. Example:
 
     python benchmarks/train_step.py --preset fashion_mnist_30min --variants eager compile cl cl+compile bf16
+    python benchmarks/train_step.py --preset cifar10_60min --model attn_impl=sdpa --variants compile bf16+compile
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import statistics
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -32,12 +35,29 @@ from vitlab.presets import run_config  # noqa: E402
 OPTIONS = ("compile", "cl", "bf16")
 
 
-def make_step(preset: str, variant: str, batch: int) -> Callable[[], None]:
+def model_overrides(pairs: list[str]) -> dict:
+    """``["depth=2", "embed_dim=256"]`` -> ``{"depth": 2, "embed_dim": 256}`` (values read as Python literals)."""
+    overrides = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"--model takes FIELD=VALUE pairs (e.g. depth=2), got {pair!r}")
+        try:
+            overrides[key] = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            overrides[key] = text  # a word, e.g. attn_impl=explicit
+    return overrides
+
+
+def make_step(preset: str, variant: str, batch: int, overrides: dict | None = None) -> Callable[[], None]:
     """One training step of the preset's model, run the way ``variant`` says, on a fixed random batch."""
     options = set(variant.split("+")) - {"eager"}
     if unknown := options - set(OPTIONS):
         raise SystemExit(f"unknown variant option(s) {sorted(unknown)} in {variant!r}; combine eager or {OPTIONS} with +")
-    cfg = run_config(preset).model
+    try:
+        cfg = replace(run_config(preset).model, **(overrides or {}))
+    except (TypeError, ValueError) as err:
+        raise SystemExit(f"--model {overrides}: {err}") from None
     torch.manual_seed(0)
     model = ViT(cfg)
     x = torch.randn(batch, cfg.in_chans, *cfg.img_size)  # (B, C, H, W)
@@ -60,16 +80,23 @@ def make_step(preset: str, variant: str, batch: int) -> Callable[[], None]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="fashion_mnist_30min", help="run preset whose model is timed")
+    parser.add_argument("--model", nargs="+", default=[], metavar="FIELD=VALUE",
+                        help="change the preset's model, e.g. --model depth=2 embed_dim=256")
     parser.add_argument("--variants", nargs="+", default=["eager", "compile", "cl", "cl+compile"])
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--steps", type=int, default=15, help="steps per repeat")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--tag", default=None, help="results file name (default train-step-PRESET)")
+    parser.add_argument("--tag", default=None, help="results file name (default train-step-PRESET, never overwritten)")
     args = parser.parse_args()
+    overrides = model_overrides(args.model)
+    out = RESULTS / f"{args.tag or 'train-step-' + args.preset}.json"
+    if out.exists() and not args.tag:
+        raise SystemExit(f"{out} holds an earlier run; name this one with --tag (it is not overwritten)")
     if args.threads:
         torch.set_num_threads(args.threads)
-    steps = {variant: make_step(args.preset, variant, args.batch) for variant in args.variants}
+    torch._dynamo.config.recompile_limit = 64  # every compiled variant keeps its graphs (past the limit: eager)
+    steps = {variant: make_step(args.preset, variant, args.batch, overrides) for variant in args.variants}
     for step in steps.values():  # warm-up: compiling, first-touch allocations
         for _ in range(5):
             step()
@@ -84,11 +111,11 @@ def main() -> None:
             for v, r in rates.items()]
     for row in rows:
         print(f"{row['variant']:16s} {row['images_per_s']:8.1f} images/s")
-    result = {"preset": args.preset, "batch": args.batch, "threads": torch.get_num_threads(), "rows": rows,
+    result = {"preset": args.preset, "model_overrides": overrides, "batch": args.batch,
+              "threads": torch.get_num_threads(), "rows": rows,
               "machine": machine(),
               "date": time.strftime("%Y-%m-%d")}
     RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"{args.tag or 'train-step-' + args.preset}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"written to {out}")
 

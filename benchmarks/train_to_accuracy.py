@@ -30,13 +30,15 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def machine() -> dict:
+    """The CPU, torch and the measured fp32 and bf16 matrix-product rates (bf16 is emulated, and slow, without AMX)."""
     import torch
 
     from throughput import _cpu_name, matmul_rate  # benchmarks/ is on the path when this runs as a script
 
     return {"cpu": _cpu_name(), "cores": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-            "matmul_fp32_gflops": round(matmul_rate(torch.device("cpu"), torch.float32) / 1e9, 1)}
+            "matmul_fp32_gflops": round(matmul_rate(torch.device("cpu"), torch.float32) / 1e9, 1),
+            "matmul_bf16_gflops": round(matmul_rate(torch.device("cpu"), torch.bfloat16) / 1e9, 1)}
 
 
 def evaluate_with_tta(run_dir: Path, tta: str, target: float) -> dict:

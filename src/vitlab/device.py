@@ -29,15 +29,18 @@ def cpu_has_amx_bf16() -> bool:
         return False
 
 
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """The precision ``auto`` means for a training or validation step on ``device``: bf16 autocast on CUDA; fp32 on
-    the CPU, with or without AMX. Measured with ``benchmarks/throughput.py`` on two AMX-BF16 Xeons (docs/results.md):
-    a bf16 matrix product runs 6-7x faster, but a bf16 autocast training step ran at 0.25-0.55x of fp32 (the casts,
-    LayerNorm/softmax/GELU outside AMX and SDPA's backward dominate ViTs of these sizes), for timm's model as for ours.
+def resolve_precision(precision: str, device: torch.device, compiled: bool = False) -> str:
+    """The precision ``auto`` means for a training or validation step on ``device``: bf16 autocast on CUDA; on the
+    CPU, bf16 only for a step run through ``torch.compile`` on a CPU with AMX-BF16, fp32 otherwise. Measured with
+    ``benchmarks/train_step.py`` and ``benchmarks/throughput.py`` on AMX-BF16 Xeons (docs/results.md): a bf16 matrix
+    product runs 6-7x faster; an eager bf16 autocast training step of a ViT ran at 0.25-0.55x of fp32 (the casts and
+    LayerNorm/softmax/GELU outside AMX dominate), a compiled one at 0.96-2.0x (2.0x where the FLOPs are in a conv stem).
     Explicit ``fp32`` and ``bf16`` are taken as given."""
     if precision != "auto":
         return precision
-    return "bf16" if device.type == "cuda" else "fp32"
+    if device.type == "cuda":
+        return "bf16"
+    return "bf16" if device.type == "cpu" and compiled and cpu_has_amx_bf16() else "fp32"
 
 
 def autocast_context(device: torch.device, precision: str):
@@ -49,9 +52,9 @@ def autocast_context(device: torch.device, precision: str):
 
 def precision_note(precision: str, device: torch.device) -> str | None:
     """A warning for bf16 on a CPU without AMX, where torch emulates it (slow); None otherwise."""
-    if resolve_precision(precision, device) == "bf16" and device.type == "cpu" and not cpu_has_amx_bf16():
+    if precision == "bf16" and device.type == "cpu" and not cpu_has_amx_bf16():
         return ("--train.precision bf16 on a CPU without AMX-BF16: bf16 is emulated there and runs several times "
-                "slower than fp32; --train.precision auto (fp32 on the CPU) is faster")
+                "slower than fp32; --train.precision auto (fp32 on such a CPU) is faster")
     return None
 
 

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from vitlab.baselines import build_model, model_flops
 from vitlab.config import FinetuneConfig, RunConfig, TrainConfig
 from vitlab.data import ImageData, ImageSplit, Preprocess, iterate_batches, load_data, num_batches
-from vitlab.device import autocast_context, precision_note, resolve_compile, resolve_device
+from vitlab.device import autocast_context, precision_note, resolve_compile, resolve_device, resolve_precision
 from vitlab.model import ViT
 from vitlab.resolve import ConfigError, resolve_config, with_planned_epochs
 from vitlab.training.budget import SAFETY, WARM_STEPS, epoch_seconds, planned_epochs
@@ -137,6 +137,7 @@ class Run:
     tracker: Tracker = field(default_factory=Tracker)
     compile_step: bool = False  # --train.compile as it can be honoured here (resolve_compile)
     compiled: torch.nn.Module | None = None
+    precision: str = "fp32"  # --train.precision as it resolves for this device and step (resolve_precision)
     ddp: tuple[torch.nn.Module, bool] | None = None  # the DDP wrapper and the trainable set it was made for
     planned_epoch_s: float = 0.0  # a time budget's plan: the seconds per epoch it assumed
     plan_mark: tuple[int, float] = (0, 0.0)  # epochs done and run time (s) when it was made
@@ -206,6 +207,7 @@ def start_run(cfg: RunConfig, run_dir: Path, resume: bool, data: ImageData | Non
     if ctx.is_main:
         run.tracker = open_tracker(tc.tracker, run_dir, cfg.to_dict(), tc.tracker_project)
     run.compile_step = compile_step
+    run.precision = run.info["precision"] = resolve_precision(tc.precision, device, compiled=compile_step)
     run.compiled = torch.compile(run.step_model) if compile_step and not ctx.enabled else None
     if progress:
         announce(run, notes)
@@ -279,7 +281,7 @@ def announce(run: Run, notes: dict[str, str]) -> None:
     source = f" | from {ft.pretrained} ({ft.mode})" if ft is not None else ""
     tqdm.write(f"vitlab: {where} in {run.run_dir} | {data.name}: {len(data.train)} train / {len(data.val)} val "
                f"images, {data.num_classes} classes | model {run.model.num_params():,} params, "
-               f"{run.info['flops'] / 1e6:.1f} MFLOPs/image | device {run.device}{source}")
+               f"{run.info['flops'] / 1e6:.1f} MFLOPs/image | device {run.device}, {run.precision}{source}")
     for note in notes.values():
         tqdm.write(f"  {note}")
 
@@ -356,7 +358,7 @@ def train_step(run: Run, runner: torch.nn.Module, x: torch.Tensor, y: torch.Tens
                step: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward, loss, backward, clipping, optimiser and schedule step, weight average: (logits, loss)."""
     tc = run.cfg.train
-    with autocast_context(run.device, tc.precision):
+    with autocast_context(run.device, run.precision):
         logits = runner(x)
         loss = F.cross_entropy(logits.float(), y, label_smoothing=tc.label_smoothing)
     if not torch.isfinite(loss):
@@ -378,10 +380,10 @@ def validate(run: Run, whole: bool = False) -> dict[str, Any]:
     world_size-th image and the numbers are summed over the processes (per-image predictions: ``whole=True``)."""
     tc, ctx = run.cfg.train, run.ctx
     if whole or not ctx.enabled:
-        return evaluate(run.eval_model, run.val_split, run.eval_preprocess, tc.eval_batch_size, run.device, tc.precision,
+        return evaluate(run.eval_model, run.val_split, run.eval_preprocess, tc.eval_batch_size, run.device, run.precision,
                         run.data.num_classes)
     share = run.val_split.subset(torch.arange(ctx.rank, len(run.val_split), ctx.world_size))
-    val = evaluate(run.eval_model, share, run.eval_preprocess, tc.eval_batch_size, run.device, tc.precision,
+    val = evaluate(run.eval_model, share, run.eval_preprocess, tc.eval_batch_size, run.device, run.precision,
                    run.data.num_classes)
     confusion = ctx.sum_tensor(val["confusion"], run.device)
     loss_sum, = ctx.all_sum(torch.tensor(val["loss"] * len(share), device=run.device))
