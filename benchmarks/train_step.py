@@ -7,19 +7,17 @@ conv stem); ``bf16`` (bf16 autocast); combined with ``+``, e.g. ``cl+compile``. 
 recipe should run with. Example:
 
     python benchmarks/train_step.py --preset fashion_mnist_30min --variants eager compile cl cl+compile bf16
-    python benchmarks/train_step.py --preset cifar10_60min --model attn_impl=sdpa --variants compile bf16+compile
+    python benchmarks/train_step.py --preset cifar10_60min --model attn_impl=explicit --variants compile bf16+compile
 """
 
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import statistics
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -30,23 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from throughput import RESULTS  # noqa: E402
 from train_to_accuracy import machine  # noqa: E402
 from vitlab.model import ViT  # noqa: E402
-from vitlab.presets import run_config  # noqa: E402
+from vitlab.resolve import ConfigError, field_overrides, resolve_model  # noqa: E402
 
 OPTIONS = ("compile", "cl", "bf16")
-
-
-def model_overrides(pairs: list[str]) -> dict:
-    """``["depth=2", "embed_dim=256"]`` -> ``{"depth": 2, "embed_dim": 256}`` (values read as Python literals)."""
-    overrides = {}
-    for pair in pairs:
-        key, sep, text = pair.partition("=")
-        if not sep:
-            raise SystemExit(f"--model takes FIELD=VALUE pairs (e.g. depth=2), got {pair!r}")
-        try:
-            overrides[key] = ast.literal_eval(text)
-        except (ValueError, SyntaxError):
-            overrides[key] = text  # a word, e.g. attn_impl=explicit
-    return overrides
 
 
 def make_step(preset: str, variant: str, batch: int, overrides: dict | None = None) -> Callable[[], None]:
@@ -54,10 +38,7 @@ def make_step(preset: str, variant: str, batch: int, overrides: dict | None = No
     options = set(variant.split("+")) - {"eager"}
     if unknown := options - set(OPTIONS):
         raise SystemExit(f"unknown variant option(s) {sorted(unknown)} in {variant!r}; combine eager or {OPTIONS} with +")
-    try:
-        cfg = replace(run_config(preset).model, **(overrides or {}))
-    except (TypeError, ValueError) as err:
-        raise SystemExit(f"--model {overrides}: {err}") from None
+    cfg = resolve_model(preset, **(overrides or {}))
     torch.manual_seed(0)
     model = ViT(cfg)
     x = torch.randn(batch, cfg.in_chans, *cfg.img_size)  # (B, C, H, W)
@@ -89,7 +70,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--tag", default=None, help="results file name (default train-step-PRESET, never overwritten)")
     args = parser.parse_args()
-    overrides = model_overrides(args.model)
+    try:
+        overrides = field_overrides(args.model)
+        resolve_model(args.preset, **overrides)  # a wrong field or value stops here, before any timing
+    except ConfigError as err:
+        raise SystemExit(f"--model: {err}") from None
     out = RESULTS / f"{args.tag or 'train-step-' + args.preset}.json"
     if out.exists() and not args.tag:
         raise SystemExit(f"{out} holds an earlier run; name this one with --tag (it is not overwritten)")

@@ -98,6 +98,18 @@ def with_planned_epochs(cfg: RunConfig, epochs: int) -> RunConfig:
     return check_config(replace(cfg, train=replace(cfg.train, epochs=max(1, int(epochs)))))
 
 
+def field_overrides(items: Sequence[str]) -> dict[str, Any]:
+    """``["depth=2", "img_size=[32,48]"]`` -> ``{"depth": 2, "img_size": [32, 48]}`` (values read as YAML), for
+    :func:`resolve_model`'s overrides."""
+    overrides = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"expected FIELD=VALUE, got {item!r}")
+        overrides[key] = yaml.safe_load(value)
+    return overrides
+
+
 def resolve_model(name: str, **overrides: Any) -> ViTConfig:
     """An architecture by name: a model preset, a run preset's model (resolved without looking at its data), or
     the model of a checkpoint file; ``overrides`` change its fields (checked like flags)."""

@@ -386,18 +386,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", metavar="FIELD=VALUE",
                         help="ViTConfig fields, e.g. patch_embed=manual pool=gap pos_embed=sincos img_size=[32,48]")
     args = parser.parse_args(argv)
-    import yaml
+    from vitlab.resolve import field_overrides, resolve_model
 
-    from vitlab.resolve import resolve_model
-
-    overrides = {}
-    for item in args.overrides:
-        key, sep, value = item.partition("=")
-        if not sep:
-            parser.error(f"expected FIELD=VALUE, got {item!r}")
-        overrides[key] = yaml.safe_load(value)
     try:
-        cfg = resolve_model(args.preset, **overrides)
+        cfg = resolve_model(args.preset, **field_overrides(args.overrides))
     except ValueError as exc:
         parser.error(str(exc))
     result = draw_architecture(cfg, args.out, title=args.title or args.preset, dpi=args.dpi)
