@@ -30,7 +30,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def machine() -> dict:
-    """The CPU, torch and the measured fp32 and bf16 matrix-product rates (bf16 is emulated, and slow, without AMX)."""
+    """The CPU, torch and the measured fp32 and bf16 matrix-product rates (bf16 is emulated, and slow, without
+    AMX-BF16 or AVX512-BF16)."""
     import torch
 
     from throughput import _cpu_name, matmul_rate  # benchmarks/ is on the path when this runs as a script

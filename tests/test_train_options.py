@@ -78,40 +78,55 @@ def test_compiled_training_step_matches_eager(pattern_folder, tmp_path):
     assert compiled["val_loss"] == pytest.approx(eager["val_loss"], rel=1e-4)
 
 
-@pytest.mark.parametrize("amx", [True, False])
-def test_precision_auto_resolves_as_documented_with_and_without_amx(amx, monkeypatch, tmp_path):
-    """auto: bf16 on CUDA; on the CPU bf16 only for a compiled step with AMX-BF16 (measured 0.96-2.0x of fp32 there,
-    eager 0.25-0.55x), fp32 otherwise; explicit values as given; bf16 on a CPU without AMX gets a note."""
+CPU_FLAGS = {  # /proc/cpuinfo flags: (CPU, whether it multiplies bf16 in hardware)
+    "amx": ("fpu sse avx2 avx512f amx_bf16 amx_tile", True),  # Intel Sapphire Rapids and later
+    "avx512_bf16": ("fpu sse avx2 avx512f avx512_bf16 avx512_vnni", True),  # AMD Zen 4, Intel Cooper Lake
+    "avx2": ("fpu sse avx2 fma", False),
+    "avx512, no bf16": ("fpu sse avx2 avx512f avx512bw avx512_vnni amx_tile", False),  # a flag alone is not enough
+}
+
+
+def fake_cpuinfo(tmp_path, monkeypatch, flags: str) -> None:
     from vitlab import device as device_module
 
     cpuinfo = tmp_path / "cpuinfo"
-    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f" + (" amx_bf16 amx_tile" if amx else "") + "\n")
+    cpuinfo.write_text(f"processor\t: 0\nmodel name\t: a CPU with amx_bf16 in its name\nflags\t\t: {flags}\n")
     monkeypatch.setattr(device_module, "CPUINFO", cpuinfo)
-    device_module.cpu_has_amx_bf16.cache_clear()
+    device_module.cpu_has_native_bf16.cache_clear()
+
+
+@pytest.mark.parametrize("cpu", sorted(CPU_FLAGS))
+def test_precision_auto_resolves_as_documented_with_and_without_native_bf16(cpu, monkeypatch, tmp_path):
+    """auto: bf16 on CUDA; on the CPU bf16 only for a compiled step with AMX-BF16 or AVX512-BF16 (measured 0.96-2.0x
+    of fp32 with AMX, 1.06-1.7x with AVX512-BF16; eager 0.25-0.55x), fp32 otherwise; explicit values as given; bf16
+    on a CPU without either gets a note."""
+    from vitlab import device as device_module
+
+    flags, native = CPU_FLAGS[cpu]
+    fake_cpuinfo(tmp_path, monkeypatch, flags)
     try:
-        assert device_module.cpu_has_amx_bf16() is amx
+        assert device_module.cpu_has_native_bf16() is native
         cpu, cuda = torch.device("cpu"), torch.device("cuda")
         assert device_module.resolve_precision("auto", cpu) == "fp32"
-        assert device_module.resolve_precision("auto", cpu, compiled=True) == ("bf16" if amx else "fp32")
+        assert device_module.resolve_precision("auto", cpu, compiled=True) == ("bf16" if native else "fp32")
         assert device_module.resolve_precision("auto", cuda) == "bf16"
         assert device_module.resolve_precision("fp32", cpu, compiled=True) == "fp32"
         assert device_module.resolve_precision("bf16", cpu) == "bf16" and device_module.resolve_precision("fp32", cuda) == "fp32"
         assert isinstance(device_module.autocast_context(cpu, "auto"), type(device_module.autocast_context(cpu, "fp32")))
-        assert (device_module.precision_note("bf16", cpu) is None) is amx
+        assert (device_module.precision_note("bf16", cpu) is None) is native
         assert device_module.precision_note("auto", cpu) is None
     finally:
-        device_module.cpu_has_amx_bf16.cache_clear()
+        device_module.cpu_has_native_bf16.cache_clear()
 
 
-@pytest.mark.parametrize("amx", [True, False])
-def test_a_compiled_run_trains_in_the_precision_auto_resolves_to(amx, pattern_folder, tmp_path, monkeypatch):
-    """The trainer resolves auto once, with the compile it really runs: a compiled step on a CPU with AMX trains and
-    validates under bf16 autocast (recorded in the checkpoint's metadata), fp32 without AMX or uncompiled."""
+@pytest.mark.parametrize("cpu", ["amx", "avx2"])
+def test_a_compiled_run_trains_in_the_precision_auto_resolves_to(cpu, pattern_folder, tmp_path, monkeypatch):
+    """The trainer resolves auto once, with the compile it really runs: a compiled step on a CPU with native bf16
+    trains and validates under bf16 autocast (recorded in the checkpoint's metadata), fp32 without or uncompiled."""
     from vitlab import device as device_module
 
-    cpuinfo = tmp_path / "cpuinfo"
-    cpuinfo.write_text("flags\t\t: fpu avx2" + (" amx_bf16" if amx else "") + "\n")
-    monkeypatch.setattr(device_module, "CPUINFO", cpuinfo)
+    flags, native = CPU_FLAGS[cpu]
+    fake_cpuinfo(tmp_path, monkeypatch, flags)
     monkeypatch.setattr(torch, "compile", lambda module, **kwargs: module)  # the wiring, not Inductor, is tested
     autocast_dtypes = []
     real_autocast = torch.autocast
@@ -121,17 +136,16 @@ def test_a_compiled_run_trains_in_the_precision_auto_resolves_to(amx, pattern_fo
         return real_autocast(*args, **kwargs)
 
     monkeypatch.setattr(torch, "autocast", recording_autocast)
-    device_module.cpu_has_amx_bf16.cache_clear()
     try:
         for name, compile_ in (("compiled", True), ("eager", False)):
             autocast_dtypes.clear()
             train(tiny_run(pattern_folder, epochs=1, compile=compile_), tmp_path / name, progress=False)
-            expected = "bf16" if amx and compile_ else "fp32"
+            expected = "bf16" if native and compile_ else "fp32"
             assert json.loads((tmp_path / name / "best.json").read_text())["precision"] == expected
             assert bool(autocast_dtypes) is (expected == "bf16")
             assert set(autocast_dtypes) <= {torch.bfloat16}
     finally:
-        device_module.cpu_has_amx_bf16.cache_clear()
+        device_module.cpu_has_native_bf16.cache_clear()
 
 
 def test_compile_without_a_cpp_compiler_trains_uncompiled_with_a_note(pattern_folder, tmp_path, monkeypatch):
