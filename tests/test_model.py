@@ -892,6 +892,26 @@ def test_stem_full_res_convs_add_stride_1_convs_ahead_of_the_downsampling() -> N
             small_cfg(**bad)
 
 
+
+def test_stem_stage_convs_add_stride_1_convs_after_each_downsampling() -> None:
+    torch.manual_seed(0)
+    plain = ViT(small_cfg(patch_embed="conv_stem", patch_size=4, embed_dim=64, num_heads=4, stem_full_res_convs=1))
+    deeper = ViT(small_cfg(patch_embed="conv_stem", patch_size=4, embed_dim=64, num_heads=4, stem_full_res_convs=1,
+                           stem_stage_convs=2))
+    convs = [m for m in deeper.patch_embed.stem if isinstance(m, nn.Conv2d)]
+    assert [m.stride for m in convs] == [(1, 1), (2, 2), (1, 1), (2, 2), (1, 1)]
+    assert [(m.in_channels, m.out_channels) for m in convs] == [(3, 16), (16, 32), (32, 32), (32, 64), (64, 64)]
+    x = images(deeper.cfg, batch=2)
+    assert deeper.patch_embed(x).shape == plain.patch_embed(x).shape == (2, 64, 64)  # same 8x8 grid of tokens
+    # the extra convs run at 16x16 (32 channels) and 8x8 (64 channels): 2 FLOPs per multiply-add
+    extra = 2 * 9 * (32 * 32 * 16 * 16 + 64 * 64 * 8 * 8)
+    assert count_flops(deeper) - count_flops(plain) == pytest.approx(extra, rel=0.02)
+    assert set(ViT(small_cfg(patch_embed="conv_stem", stem_stage_convs=1)).state_dict()) == set(
+        ViT(small_cfg(patch_embed="conv_stem")).state_dict())  # the default leaves checkpoints' keys alone
+    for bad in (dict(stem_stage_convs=2), dict(patch_embed="conv_stem", stem_stage_convs=0)):
+        with pytest.raises(ValueError, match="stem_stage_convs"):
+            small_cfg(**bad)
+
 def test_wrong_channel_count() -> None:
     model = ViT(small_cfg(in_chans=3))
     with pytest.raises(ValueError, match=r"expected 3 input channel\(s\), got 1"):

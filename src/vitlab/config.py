@@ -139,7 +139,8 @@ class TrainConfig:
     """Run the training step through ``torch.compile`` (slower start, faster steps; needs a C++ compiler on CPU)."""
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     """auto: bf16 autocast on CUDA; on the CPU bf16 only for a compiled step (--train.compile true) on a CPU with
-    AMX-BF16 (measured 0.96-2.0x of fp32 there), fp32 otherwise (eager bf16 ViT steps measured 0.25-0.55x of fp32)."""
+    AMX-BF16 or AVX512-BF16 (measured 0.96-2.0x of fp32 there), fp32 otherwise (eager bf16 ViT steps measured
+    0.25-0.55x of fp32 with AMX)."""
     device: str = "auto"
     """auto (CUDA when available, else CPU), cpu, cuda, cuda:N or mps."""
     seed: int = 0

@@ -97,6 +97,9 @@ class ViTConfig:
     stem_full_res_convs: int = 0
     """``conv_stem`` only: this many 3x3 stride-1 convolutions (BatchNorm, ReLU) at the image's own resolution
     before the stride-2 ones, for features that see finer detail than the first downsampling keeps."""
+    stem_stage_convs: int = 1
+    """``conv_stem`` only: 3x3 convolutions (BatchNorm, ReLU) at each downsampled resolution: the stride-2 one
+    and ``stem_stage_convs - 1`` stride-1 ones after it at its width, for a deeper stem at the same token grid."""
     pos_embed: Literal["learned", "sincos", "none"] = "learned"
     """Position embedding: learned, fixed 2-D sin-cos, or none."""
     class_token: bool = True
@@ -153,6 +156,11 @@ class ViTConfig:
                 f"stem_full_res_convs={self.stem_full_res_convs} needs patch_embed='conv_stem' and a count >= 0; "
                 f"got patch_embed={self.patch_embed!r}. Set patch_embed='conv_stem' or stem_full_res_convs=0."
             )
+        if self.stem_stage_convs < 1 or (self.stem_stage_convs != 1 and self.patch_embed != "conv_stem"):
+            raise ValueError(
+                f"stem_stage_convs={self.stem_stage_convs} needs patch_embed='conv_stem' and a count >= 1; "
+                f"got patch_embed={self.patch_embed!r}. Set patch_embed='conv_stem' or stem_stage_convs=1."
+            )
         if self.pool == "cls" and not self.class_token:
             raise ValueError("pool='cls' needs class_token=True; use pool='gap' for a model without a CLS token")
         for name, allowed in _CHOICES.items():
@@ -177,14 +185,16 @@ class ViTConfig:
 # ----------------------------------------------------------------------------- embeddings
 
 
-def conv_stem(in_chans: int, embed_dim: int, patch_size: int, full_res_convs: int = 0) -> tuple[nn.Sequential, int]:
-    """``full_res_convs`` blocks of 3x3 stride-1 convolution, then log2(patch) blocks of 3x3 stride-2
-    convolution, each with BatchNorm + ReLU, widening towards ``embed_dim``; returns the stack and its
-    output channels (the 1x1 projection to ``embed_dim`` follows it)."""
+def conv_stem(in_chans: int, embed_dim: int, patch_size: int, full_res_convs: int = 0,
+              stage_convs: int = 1) -> tuple[nn.Sequential, int]:
+    """``full_res_convs`` blocks of 3x3 stride-1 convolution, then log2(patch) stages, each a 3x3 stride-2
+    convolution and ``stage_convs - 1`` stride-1 ones at its width, every one with BatchNorm + ReLU, widening
+    towards ``embed_dim``; returns the stack and its output channels (the 1x1 projection to ``embed_dim``
+    follows it)."""
     steps = patch_size.bit_length() - 1
-    widths = [max(16, embed_dim >> (steps - 1 - i)) for i in range(steps)]  # ..., D/4, D/2, D
-    strides = [1] * full_res_convs + [2] * steps
-    widths = [max(16, widths[0] // 2)] * full_res_convs + widths
+    stage_widths = [max(16, embed_dim >> (steps - 1 - i)) for i in range(steps)]  # ..., D/4, D/2, D
+    widths = [max(16, stage_widths[0] // 2)] * full_res_convs + [w for w in stage_widths for _ in range(stage_convs)]
+    strides = [1] * full_res_convs + ([2] + [1] * (stage_convs - 1)) * steps
     layers, channels = [], in_chans
     for width, stride in zip(widths, strides):
         layers += [nn.Conv2d(channels, width, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(width),
@@ -209,7 +219,8 @@ class PatchEmbed(nn.Module):
         self.grid_size, self.num_patches = cfg.grid_size, cfg.num_patches
         self.mode = cfg.patch_embed
         if self.mode == "conv_stem":
-            self.stem, channels = conv_stem(cfg.in_chans, cfg.embed_dim, cfg.patch_size[0], cfg.stem_full_res_convs)
+            self.stem, channels = conv_stem(cfg.in_chans, cfg.embed_dim, cfg.patch_size[0], cfg.stem_full_res_convs,
+                                            cfg.stem_stage_convs)
             self.proj = nn.Conv2d(channels, cfg.embed_dim, kernel_size=1)
         else:
             self.stem = None

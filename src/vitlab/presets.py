@@ -95,7 +95,7 @@ RUN_PRESETS["mnist_60min"] = replace(
     model=replace(RUN_PRESETS["mnist_20min"].model, embed_dim=128, depth=2, stem_full_res_convs=3),
     data=replace(RUN_PRESETS["mnist_20min"].data, random_erasing=0.25),
     train=replace(RUN_PRESETS["mnist_20min"].train, epochs=60, time_budget_s=3480, compile=True,
-                  precision="fp32"),  # as measured (auto: bf16 on an AMX CPU, a 1.5x faster step; accuracy unmeasured)
+                  precision="fp32"),  # as measured (auto: bf16 with AMX or AVX512-BF16, a 1.5x faster step; accuracy unmeasured)
 )
 # Fashion-MNIST, aiming at >= 93%: a wider conv-stem ViT (dim 128) whose stem starts with a full-resolution 3x3 conv,
 # crop+flip and light random erasing, 45 epochs: 93.41% (>= 93% from epoch 36) (without the full-resolution conv, 40 epochs: 92.69%).
@@ -113,7 +113,7 @@ RUN_PRESETS["fashion_mnist_30min"] = RunConfig(
     model=replace(RUN_PRESETS["fashion_mnist_long"].model, depth=2, drop_path_rate=0.0, stem_full_res_convs=3),
     data=DataConfig(dataset="fashion_mnist", augment="flip", random_erasing=0.1),
     train=replace(RUN_PRESETS["fashion_mnist_long"].train, epochs=16, time_budget_s=1800, compile=True,
-                  precision="fp32"),  # as measured (auto: bf16 on an AMX CPU, a 1.5x faster step; accuracy unmeasured)
+                  precision="fp32"),  # as measured (auto: bf16 with AMX or AVX512-BF16, a 1.5x faster step; accuracy unmeasured)
 )
 # CIFAR-10 on one GPU, aiming at >= 94% in <= 10 minutes (benchmarks/device/): a wider, deeper stem ViT, large batches,
 # bf16 and torch.compile; meant to be run with --train.time_budget_s, which turns the 200 epochs into as many as fit.

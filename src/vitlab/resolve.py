@@ -33,7 +33,7 @@ PHOTO_PRESET = "photos"
 """The preset for image folders and hf: sources when none is named: its input size follows the images."""
 SECTIONS = {"model": ViTConfig, "data": DataConfig, "train": TrainConfig, "finetune": FinetuneConfig}
 ARCHITECTURE_KEYS = ("embed_dim", "depth", "num_heads", "mlp_ratio", "qkv_bias", "patch_embed", "stem_full_res_convs",
-                     "pos_embed", "class_token", "pool", "img_size", "patch_size")
+                     "stem_stage_convs", "pos_embed", "class_token", "pool", "img_size", "patch_size")
 """What ``--model NAME`` (a model preset) sets; the data still decides channels and classes."""
 
 
