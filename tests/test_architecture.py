@@ -83,10 +83,10 @@ def real_shapes(model: ViT, x: torch.Tensor) -> dict[str, tuple[int, ...]]:
     return {name: tuple(value.shape[1:]) for name, value in out.items()}
 
 
-@pytest.mark.parametrize("full_res_convs", [0, 1])
-def test_conv_stem_is_traced_and_drawn(tmp_path, full_res_convs):
+@pytest.mark.parametrize("full_res_convs, stage_convs", [(0, 1), (1, 1), (1, 2)])
+def test_conv_stem_is_traced_and_drawn(tmp_path, full_res_convs, stage_convs):
     cfg = ViTConfig(img_size=32, patch_size=4, in_chans=3, num_classes=10, embed_dim=32, depth=2, num_heads=2,
-                    patch_embed="conv_stem", stem_full_res_convs=full_res_convs)
+                    patch_embed="conv_stem", stem_full_res_convs=full_res_convs, stem_stage_convs=stage_convs)
     model = ViT(cfg).eval()
     with torch.no_grad():
         expected = real_shapes(model, torch.randn(2, 3, 32, 32))

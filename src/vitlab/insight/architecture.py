@@ -245,11 +245,11 @@ def draw_architecture(cfg_or_model: ViT | ViTConfig | str, path: str | Path | No
                       f"→ {_fmt(s['patch_embed.proj'])}, flatten", "embed")
     elif cfg.patch_embed == "conv_stem":
         halvings = cfg.patch_size[0].bit_length() - 1
-        full_res = f"{cfg.stem_full_res_convs} × (Conv2d 3x3, BN, ReLU), " if cfg.stem_full_res_convs else ""
-        stage = ("" if cfg.stem_stage_convs == 1 else
-                 f" + {cfg.stem_stage_convs - 1} × (Conv2d 3x3, BN, ReLU)")  # per halving, at the halved size
-        patch = _Node("patch_embed.stem, .proj", f"{full_res}{halvings} × (Conv2d 3x3, stride 2, BN, ReLU{stage}), Conv2d 1x1 "
-                      f"→ {_fmt(s['patch_embed.proj'])}, flatten", "embed")
+        full_res = f"{cfg.stem_full_res_convs} × conv3x3; " if cfg.stem_full_res_convs else ""
+        extra = cfg.stem_stage_convs - 1  # stride-1 convs after each halving, at the halved size
+        stage = "" if not extra else " + conv3x3" if extra == 1 else f" + {extra} × conv3x3"
+        patch = _Node("patch_embed.stem, .proj", f"{full_res}{halvings} × (conv3x3 stride 2{stage}); BN+ReLU; 1x1 "
+                      f"→ {_fmt(s['patch_embed.proj'])}", "embed")
     else:
         patch = _Node("patch_embed.proj", f"unfold {_pair_text(cfg.patch_size)} patches → {_fmt(s['patch_embed.patches'])}, "
                       "× weight (as a matrix)", "embed")
