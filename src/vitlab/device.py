@@ -41,7 +41,7 @@ def resolve_precision(precision: str, device: torch.device, compiled: bool = Fal
     otherwise. Measured with ``benchmarks/train_step.py`` and ``benchmarks/throughput.py`` (docs/results.md): on
     AMX-BF16 Xeons a bf16 matrix product runs 6-7x faster, an eager bf16 autocast training step of a ViT 0.25-0.55x of
     fp32 (the casts and LayerNorm/softmax/GELU outside AMX dominate), a compiled one 0.96-2.0x (2.0x where the FLOPs
-    are in a conv stem); on an AVX512-BF16 AMD EPYC the product 2.8x, the same compiled steps 1.06-1.7x.
+    are in a conv stem); on an AVX512-BF16 AMD EPYC the product 2.2x, the same compiled steps 1.06-1.8x.
     Explicit ``fp32`` and ``bf16`` are taken as given."""
     if precision != "auto":
         return precision
