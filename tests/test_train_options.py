@@ -67,7 +67,7 @@ def test_a_run_with_ema_saves_the_average_and_resumes_exactly(pattern_folder, tm
 
 def test_compiled_training_step_matches_eager(pattern_folder, tmp_path):
     """--train.compile changes how the step runs, not what it computes (dropout off: same random numbers; fp32 for
-    both, since auto would pick bf16 for the compiled step on a CPU with AMX)."""
+    both, since auto would pick bf16 for the compiled step on a CPU with native bf16)."""
     def run(name, **extra):
         cfg = tiny_run(pattern_folder, epochs=1, **extra)
         cfg = replace(cfg, model=replace(cfg.model, drop_rate=0.0, drop_path_rate=0.0))
@@ -78,7 +78,7 @@ def test_compiled_training_step_matches_eager(pattern_folder, tmp_path):
     assert compiled["val_loss"] == pytest.approx(eager["val_loss"], rel=1e-4)
 
 
-CPU_FLAGS = {  # /proc/cpuinfo flags: (CPU, whether it multiplies bf16 in hardware)
+CPU_FLAGS = {  # /proc/cpuinfo flags: a CPU name -> (its flags, whether it multiplies bf16 in hardware)
     "amx": ("fpu sse avx2 avx512f amx_bf16 amx_tile", True),  # Intel Sapphire Rapids and later
     "avx512_bf16": ("fpu sse avx2 avx512f avx512_bf16 avx512_vnni", True),  # AMD Zen 4, Intel Cooper Lake
     "avx2": ("fpu sse avx2 fma", False),
@@ -98,7 +98,7 @@ def fake_cpuinfo(tmp_path, monkeypatch, flags: str) -> None:
 @pytest.mark.parametrize("cpu", sorted(CPU_FLAGS))
 def test_precision_auto_resolves_as_documented_with_and_without_native_bf16(cpu, monkeypatch, tmp_path):
     """auto: bf16 on CUDA; on the CPU bf16 only for a compiled step with AMX-BF16 or AVX512-BF16 (measured 0.96-2.0x
-    of fp32 with AMX, 1.06-1.7x with AVX512-BF16; eager 0.25-0.55x), fp32 otherwise; explicit values as given; bf16
+    of fp32 with AMX, 1.06-1.8x with AVX512-BF16; eager 0.25-0.55x), fp32 otherwise; explicit values as given; bf16
     on a CPU without either gets a note."""
     from vitlab import device as device_module
 
