@@ -14,7 +14,7 @@ import vitlab.training.trainer as trainer_module
 from test_training import tiny_run
 from vitlab.config import FinetuneConfig, RunConfig, TrainConfig
 from vitlab.training import load_checkpoint, train
-from vitlab.training.budget import SAFETY, epoch_seconds, planned_epochs
+from vitlab.training.budget import SAFETY, epoch_seconds, planned_epochs, replanned_epochs
 from vitlab.training.optim import build_optimizer, build_scheduler
 
 
@@ -52,7 +52,7 @@ def test_a_rebuilt_schedule_continues_as_if_planned_from_the_start(staged):
 
 @pytest.fixture
 def capped_plan(monkeypatch):
-    """The real plan, recorded, but at most 4 epochs so that the test stays short on any machine."""
+    """The real plan, recorded, but at most 4 epochs (re-plans too) so that the test stays short on any machine."""
     calls = []
 
     def plan(budget_s, elapsed_s, epoch_s, done_epochs=1):
@@ -60,14 +60,19 @@ def capped_plan(monkeypatch):
                       "planned": planned_epochs(budget_s, elapsed_s, epoch_s, done_epochs)})
         return min(4, calls[-1]["planned"])
 
+    def replan(*args):  # the later checks' totals capped as well
+        total = replanned_epochs(*args)
+        return None if total is None else min(4, total)
+
     monkeypatch.setattr(trainer_module, "planned_epochs", plan)
+    monkeypatch.setattr(trainer_module, "replanned_epochs", replan)
     return calls
 
 
 def test_a_budgeted_run_plans_its_epochs_and_equals_the_run_planned_by_hand(pattern_folder, tmp_path, capped_plan):
     cfg = tiny_run(pattern_folder, epochs=50, warmup_epochs=1.0, time_budget_s=10.0)
     result = train(cfg, tmp_path / "budget", progress=False)
-    call = capped_plan[0]  # planned after the first epoch (a re-plan for drift keeps the cap)
+    call = capped_plan[0]  # planned after the first epoch (a later re-plan keeps the cap)
     first = result.history[0]
     assert call["done"] == 1 and call["budget_s"] == 10.0
     assert first["elapsed_s"] <= call["elapsed_s"]  # counted from the start of train(), data loading included
@@ -134,31 +139,60 @@ def test_a_budget_that_is_not_positive_is_refused_before_training(pattern_folder
     assert not (tmp_path / "r").exists()
 
 
-def test_a_budgeted_run_plans_again_when_its_epochs_slow_down(pattern_folder, tmp_path, monkeypatch):
-    """The machine slows down after the plan (epoch 2 takes 5x the planned time, by the run's clock, saving included):
-    the remaining epochs are planned
-    again from that epoch's time, config.yaml gets the new total and the schedule ends at it."""
-    plans = []
+def paced_run(pattern_folder, tmp_path, monkeypatch, first_plan: int, pace_s: float, budget_s: float = 100.0):
+    """A budgeted run whose first plan is ``first_plan`` epochs and whose clock then says every epoch took ``pace_s``
+    seconds (saving included); returns the result, the re-plans' (epoch, total) and the first plan's clock mark."""
+    replans, marks = [], []
+    monkeypatch.setattr(trainer_module, "planned_epochs", lambda budget_s, elapsed_s, epoch_s, done_epochs=1: first_plan)
+    real_record, real_replanned = trainer_module.epoch_record, trainer_module.replanned_epochs
 
-    def plan(budget_s, elapsed_s, epoch_s, done_epochs=1):
-        plans.append({"epoch_s": epoch_s, "done": done_epochs})
-        return 6 if done_epochs == 1 else 3  # the plan, then the re-plan
-
-    real_record = trainer_module.epoch_record
-
-    def slow_from_epoch_2(run, epoch, stats, val):
+    def paced(run, epoch, stats, val):
         record = real_record(run, epoch, stats, val)
-        if epoch >= 1 and run.planned_epoch_s:  # the run's clock says: every epoch since the plan took 5x longer
-            mark_epoch, mark_s = run.plan_mark
-            record["elapsed_s"] = mark_s + 5 * run.planned_epoch_s * (epoch + 1 - mark_epoch)
+        if epoch == 0:
+            marks.append(run.plan_mark[1])
+        else:
+            record["elapsed_s"] = marks[0] + pace_s * epoch
         return record
 
-    monkeypatch.setattr(trainer_module, "planned_epochs", plan)
-    monkeypatch.setattr(trainer_module, "epoch_record", slow_from_epoch_2)
-    cfg = tiny_run(pattern_folder, epochs=50, warmup_epochs=0.5, time_budget_s=3.0)
-    result = train(cfg, tmp_path / "slow", progress=False)
-    assert [p["done"] for p in plans] == [1, 2]  # planned once, re-planned once (after that, on the new pace)
-    assert plans[1]["epoch_s"] == pytest.approx(5 * plans[0]["epoch_s"])
-    assert [h["epoch"] for h in result.history] == [1, 2, 3]
-    assert yaml.safe_load((tmp_path / "slow" / "config.yaml").read_text())["train"]["epochs"] == 3
-    assert result.history[-1]["lr"] <= 0.05 * cfg.train.lr  # the cosine ran to its end over the new total
+    def replanned(*args):
+        total = real_replanned(*args)
+        if total is not None:
+            replans.append((args[3], total))
+        return total
+
+    monkeypatch.setattr(trainer_module, "epoch_record", paced)
+    monkeypatch.setattr(trainer_module, "replanned_epochs", replanned)
+    cfg = tiny_run(pattern_folder, epochs=50, warmup_epochs=0.5, time_budget_s=budget_s)
+    return train(cfg, tmp_path / "r", progress=False), replans, marks[0]
+
+
+def test_a_budgeted_run_plans_again_when_its_epochs_slow_down(pattern_folder, tmp_path, monkeypatch):
+    """The machine slows down after the plan (6 epochs planned, then 30 s each of a 100-s budget, by the run's
+    clock): judged after two epochs, the plan would overrun, so the rest is planned again at that pace, config.yaml
+    gets the new total and the schedule ends at it."""
+    result, replans, mark_s = paced_run(pattern_folder, tmp_path, monkeypatch, first_plan=6, pace_s=30.0)
+    expected = 3 + int((SAFETY * 100 - (mark_s + 60)) // 30)  # 4 unless the first epoch took over 7 s
+    assert replans == [(3, expected)]  # judged once two epochs had passed, not after the first
+    assert [h["epoch"] for h in result.history] == list(range(1, expected + 1))
+    assert yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())["train"]["epochs"] == expected
+    peak_lr = yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())["train"]["lr"]
+    assert result.history[-1]["lr"] <= 0.05 * peak_lr  # the cosine ran to its end over the new total
+
+
+def test_a_budgeted_run_plans_more_epochs_when_they_run_faster(pattern_folder, tmp_path, monkeypatch):
+    """Epochs run faster than planned (3 planned, then 10 s each of a 100-s budget): whole epochs of the budget would go
+    unused, so more are planned, once; at the same pace the new plan fits and is kept."""
+    result, replans, mark_s = paced_run(pattern_folder, tmp_path, monkeypatch, first_plan=3, pace_s=10.0)
+    expected = 3 + int((SAFETY * 100 - (mark_s + 20)) // 10)  # 10 unless the first epoch took over 7 s
+    assert replans == [(3, expected)]
+    assert len(result.history) == expected > 3
+    assert result.history[-1]["elapsed_s"] <= 100  # the run's clock: within the budget
+
+
+def test_a_plan_is_revised_only_when_it_overruns_or_leaves_an_epoch_unused():
+    # 5 of 9 epochs done after 50 s at 10 s each: ends at 90 s, 7 s before SAFETY's 97 s: kept
+    assert replanned_epochs(100, elapsed_s=50, epoch_s=10, done_epochs=5, planned=9) is None
+    assert replanned_epochs(100, elapsed_s=50, epoch_s=10, done_epochs=5, planned=7) == 9  # 27 s unused: 2 more
+    assert replanned_epochs(100, elapsed_s=50, epoch_s=10, done_epochs=5, planned=11) == 9  # would end at 110 s
+    assert replanned_epochs(100, elapsed_s=50, epoch_s=10, done_epochs=5, planned=10) is None  # 100 s: within budget
+    assert replanned_epochs(100, elapsed_s=120, epoch_s=10, done_epochs=5, planned=8) == 5  # over already: stop

@@ -5,11 +5,11 @@ wastes time on a faster one. With ``--train.time_budget_s`` the first epoch is t
 taken after the first steps (which compile kernels and warm caches) and before the last one (a
 smaller last batch makes a compiled model compile again), and the number of epochs
 becomes what fits in the rest of the budget; the cosine schedule then runs over exactly those
-epochs. When a later epoch's time drifts more than 10% from the plan's, the rest is planned again from it
-(:func:`vitlab.training.trainer.replan_if_drifted`). The plan is written to the run's ``config.yaml``, so a resumed
-run keeps it. When the
-warm-up lasts at least the first epoch, that epoch's learning rates do not depend on the total,
-and the run is the same as one started with ``--train.epochs N``.
+epochs. After later epochs the plan is checked against the pace measured since it was made: when it would end
+past the budget, or leave a whole epoch of the budget unused, the rest is planned again at that pace
+(:func:`replanned_epochs`, called by :func:`vitlab.training.trainer.replan_if_drifted`). The plan is written to the
+run's ``config.yaml``, so a resumed run keeps it. When the warm-up lasts at least the first epoch, that epoch's
+learning rates do not depend on the total, and the run is the same as one started with ``--train.epochs N``.
 """
 
 from __future__ import annotations
@@ -21,6 +21,9 @@ WARM_STEPS = 5
 # Plan for this share of the time left: the rest absorbs the machine's speed drifting and the
 # work after the last epoch (checkpoints, the run's figures).
 SAFETY = 0.97
+# A plan is judged on the pace of at least this many epochs since it was made (one epoch's time varies by ~5%, which
+# over 15 epochs left is most of an epoch).
+JUDGE_EPOCHS = 2
 
 
 def epoch_seconds(steps_per_epoch: int, timed_steps: int, timed_s: float, train_s: float, val_s: float) -> float:
@@ -37,3 +40,15 @@ def planned_epochs(budget_s: float, elapsed_s: float, epoch_s: float, done_epoch
         raise ValueError(f"a time budget and an epoch's time must be positive (budget {budget_s} s, epoch {epoch_s} s)")
     more = math.floor(SAFETY * max(0.0, budget_s - elapsed_s) / epoch_s)
     return done_epochs + more
+
+
+def replanned_epochs(budget_s: float, elapsed_s: float, epoch_s: float, done_epochs: int, planned: int) -> int | None:
+    """After a later epoch, at the pace ``epoch_s`` measured since the plan: the new total when the plan of
+    ``planned`` epochs would end past ``budget_s``, or ends more than one epoch before ``SAFETY * budget_s``;
+    ``None`` while it fits. The new plan aims at ``SAFETY * budget_s`` (the first plan's margin kept), so it
+    ends within the budget and leaves less than an epoch of it unused: it is not revised again at the same pace."""
+    target_s = SAFETY * budget_s
+    end_s = elapsed_s + (planned - done_epochs) * epoch_s
+    if end_s <= budget_s and target_s - end_s < epoch_s:
+        return None
+    return done_epochs + max(0, math.floor((target_s - elapsed_s) / epoch_s))

@@ -23,7 +23,7 @@ from vitlab.data import ImageData, ImageSplit, Preprocess, iterate_batches, load
 from vitlab.device import autocast_context, precision_note, resolve_compile, resolve_device, resolve_precision
 from vitlab.model import ViT
 from vitlab.resolve import ConfigError, resolve_config, with_planned_epochs
-from vitlab.training.budget import SAFETY, WARM_STEPS, epoch_seconds, planned_epochs
+from vitlab.training.budget import JUDGE_EPOCHS, WARM_STEPS, epoch_seconds, planned_epochs, replanned_epochs
 from vitlab.training.checkpoint import RESUME_FILE, load_resume_state, save_checkpoint, save_resume_state
 from vitlab.training.distributed import Distributed, local_batch_size, setup_distributed
 from vitlab.training.ema import weight_ema
@@ -408,25 +408,20 @@ def plan_epochs(run: Run, stats: EpochStats, called: float) -> None:
                    f"from now on -> {run.cfg.train.epochs} epochs in all")
 
 
-DRIFT = 0.1
-"""Re-plan a time-budgeted run when an epoch takes this much longer or shorter than the plan assumed."""
-
-
 def replan_if_drifted(run: Run, record: dict[str, Any]) -> None:
-    """After a later epoch of a time-budgeted run: when the pace since the plan (the run's clock over the epochs
-    since, checkpoints included) drifted more than :data:`DRIFT` from the plan's (another job on the machine, thermal
-    limits, a faster compiled step), plan the remaining epochs again at that pace, keeping the first plan's margin,
-    so the run still ends within its budget; the schedule follows the new total."""
+    """After a later epoch of a time-budgeted run: judge the plan on the pace since it was made (the run's clock over
+    the epochs since, checkpoints included; another job on the machine, thermal limits, a faster compiled step), and
+    when it would overrun the budget or leave a whole epoch unused, plan the remaining epochs again at that pace
+    (:func:`vitlab.training.budget.replanned_epochs`); the schedule follows the new total."""
     [elapsed_s] = run.ctx.mean(record["elapsed_s"])  # every process must plan the same number
     mark_epoch, mark_s = run.plan_mark
-    epoch_s = (elapsed_s - mark_s) / (record["epoch"] - mark_epoch)  # the real pace since the plan, saving included
-    budget_s, left = run.cfg.train.time_budget_s, run.cfg.train.epochs - record["epoch"]
-    off_s = abs(epoch_s - run.planned_epoch_s)
-    if off_s <= DRIFT * run.planned_epoch_s or off_s * left < 0.01 * budget_s:  # noise, or too little to matter
+    if record["epoch"] - mark_epoch < JUDGE_EPOCHS:  # one epoch's pace is too noisy to extrapolate
         return
+    epoch_s = (elapsed_s - mark_s) / (record["epoch"] - mark_epoch)  # the real pace since the plan, saving included
     before = run.cfg.train.epochs
-    # plan within SAFETY of the whole budget: a re-plan keeps the first plan's margin instead of eating into it
-    epochs = max(record["epoch"], planned_epochs(SAFETY * budget_s, elapsed_s, epoch_s, record["epoch"]))
+    epochs = replanned_epochs(run.cfg.train.time_budget_s, elapsed_s, epoch_s, record["epoch"], before)
+    if epochs is None:
+        return
     run.planned_epoch_s, run.plan_mark = epoch_s, (record["epoch"], elapsed_s)
     if epochs != before:
         set_planned_epochs(run, epochs)
