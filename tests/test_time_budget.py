@@ -180,19 +180,19 @@ def test_a_budgeted_run_plans_again_when_its_epochs_slow_down(pattern_folder, tm
 
 
 def test_a_budgeted_run_plans_more_epochs_when_they_run_faster(pattern_folder, tmp_path, monkeypatch):
-    """Epochs run faster than planned (3 planned, then 10 s each of a 100-s budget): whole epochs of the budget would go
-    unused, so more are planned, once; at the same pace the new plan fits and is kept."""
-    result, replans, mark_s = paced_run(pattern_folder, tmp_path, monkeypatch, first_plan=3, pace_s=10.0)
-    expected = 3 + int((SAFETY * 100 - (mark_s + 20)) // 10)  # 10 unless the first epoch took over 7 s
-    assert replans == [(3, expected)]
-    assert len(result.history) == expected > 3
+    """Epochs run faster than planned (4 planned, then 10 s each of a 100-s budget): whole epochs of the budget would go
+    unused, so one more is planned at each check (two epochs apart), while one more still fits."""
+    result, replans, mark_s = paced_run(pattern_folder, tmp_path, monkeypatch, first_plan=4, pace_s=10.0)
+    assert mark_s < 7  # the first epoch of a tiny run: then 9 epochs would fit (after 5: 50 s, 4 more end at 90 s)
+    assert replans == [(3, 5), (5, 6)]  # one at a time, each on two epochs' fresh pace: 4 -> 5 -> 6
+    assert len(result.history) == 6
     assert result.history[-1]["elapsed_s"] <= 100  # the run's clock: within the budget
 
 
 def test_a_plan_is_revised_only_when_it_overruns_or_leaves_an_epoch_unused():
     # 5 of 9 epochs done after 50 s at 10 s each: ends at 90 s, 7 s before SAFETY's 97 s: kept
     assert replanned_epochs(100, elapsed_s=50, epoch_s=10, done_epochs=5, planned=9) is None
-    assert replanned_epochs(100, elapsed_s=50, epoch_s=10, done_epochs=5, planned=7) == 9  # 27 s unused: 2 more
+    assert replanned_epochs(100, elapsed_s=50, epoch_s=10, done_epochs=5, planned=7) == 8  # 27 s unused: 1 more
     assert replanned_epochs(100, elapsed_s=50, epoch_s=10, done_epochs=5, planned=11) == 9  # would end at 110 s
     assert replanned_epochs(100, elapsed_s=50, epoch_s=10, done_epochs=5, planned=10) is None  # 100 s: within budget
     assert replanned_epochs(100, elapsed_s=120, epoch_s=10, done_epochs=5, planned=8) == 5  # over already: stop

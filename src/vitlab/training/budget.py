@@ -6,10 +6,11 @@ taken after the first steps (which compile kernels and warm caches) and before t
 smaller last batch makes a compiled model compile again), and the number of epochs
 becomes what fits in the rest of the budget; the cosine schedule then runs over exactly those
 epochs. After later epochs the plan is checked against the pace measured since it was made: when it would end
-past the budget, or leave a whole epoch of the budget unused, the rest is planned again at that pace
-(:func:`replanned_epochs`, called by :func:`vitlab.training.trainer.replan_if_drifted`). The plan is written to the
-run's ``config.yaml``, so a resumed run keeps it. When the warm-up lasts at least the first epoch, that epoch's
-learning rates do not depend on the total, and the run is the same as one started with ``--train.epochs N``.
+past the budget, the rest is planned again at that pace; when it would leave a whole epoch of the budget unused,
+one more epoch is planned (:func:`replanned_epochs`, called by
+:func:`vitlab.training.trainer.replan_if_drifted`). The plan is written to the run's ``config.yaml``, so a resumed
+run keeps it. When the warm-up lasts at least the first epoch, that epoch's learning rates do not depend on the
+total, and the run is the same as one started with ``--train.epochs N``.
 """
 
 from __future__ import annotations
@@ -44,11 +45,12 @@ def planned_epochs(budget_s: float, elapsed_s: float, epoch_s: float, done_epoch
 
 def replanned_epochs(budget_s: float, elapsed_s: float, epoch_s: float, done_epochs: int, planned: int) -> int | None:
     """After a later epoch, at the pace ``epoch_s`` measured since the plan: the new total when the plan of
-    ``planned`` epochs would end past ``budget_s``, or ends more than one epoch before ``SAFETY * budget_s``;
-    ``None`` while it fits. The new plan aims at ``SAFETY * budget_s`` (the first plan's margin kept), so it
-    ends within the budget and leaves less than an epoch of it unused: it is not revised again at the same pace."""
+    ``planned`` epochs would end past ``budget_s`` (as many as end by ``SAFETY * budget_s``, the first plan's
+    margin kept), or one more when it would end a whole epoch before that; ``None`` while it fits. Epochs are
+    added one at a time, each on a fresh measurement: epochs tend to slow as a run goes on, and an early fast
+    pace that promised two more epochs took one back later (17 -> 19 -> 18 in a CIFAR-10 hour)."""
     target_s = SAFETY * budget_s
     end_s = elapsed_s + (planned - done_epochs) * epoch_s
     if end_s <= budget_s and target_s - end_s < epoch_s:
         return None
-    return done_epochs + max(0, math.floor((target_s - elapsed_s) / epoch_s))
+    return min(planned + 1, done_epochs + max(0, math.floor((target_s - elapsed_s) / epoch_s)))

@@ -411,8 +411,8 @@ def plan_epochs(run: Run, stats: EpochStats, called: float) -> None:
 def replan_if_drifted(run: Run, record: dict[str, Any]) -> None:
     """After a later epoch of a time-budgeted run: judge the plan on the pace since it was made (the run's clock over
     the epochs since, checkpoints included; another job on the machine, thermal limits, a faster compiled step), and
-    when it would overrun the budget or leave a whole epoch unused, plan the remaining epochs again at that pace
-    (:func:`vitlab.training.budget.replanned_epochs`); the schedule follows the new total."""
+    when it would overrun the budget, plan the remaining epochs again at that pace, and when it would leave a whole
+    epoch unused, plan one more (:func:`vitlab.training.budget.replanned_epochs`); the schedule follows the new total."""
     [elapsed_s] = run.ctx.mean(record["elapsed_s"])  # every process must plan the same number
     mark_epoch, mark_s = run.plan_mark
     if record["epoch"] - mark_epoch < JUDGE_EPOCHS:  # one epoch's pace is too noisy to extrapolate
