@@ -892,7 +892,6 @@ def test_stem_full_res_convs_add_stride_1_convs_ahead_of_the_downsampling() -> N
             small_cfg(**bad)
 
 
-
 def test_stem_stage_convs_add_stride_1_convs_after_each_downsampling() -> None:
     torch.manual_seed(0)
     plain = ViT(small_cfg(patch_embed="conv_stem", patch_size=4, embed_dim=64, num_heads=4, stem_full_res_convs=1))
@@ -911,6 +910,7 @@ def test_stem_stage_convs_add_stride_1_convs_after_each_downsampling() -> None:
     for bad in (dict(stem_stage_convs=2), dict(patch_embed="conv_stem", stem_stage_convs=0)):
         with pytest.raises(ValueError, match="stem_stage_convs"):
             small_cfg(**bad)
+
 
 def test_wrong_channel_count() -> None:
     model = ViT(small_cfg(in_chans=3))
