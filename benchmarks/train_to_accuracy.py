@@ -95,12 +95,13 @@ def main() -> int:
     final = history[-1]
     if args.resume:  # the finished epochs of earlier sessions, plus this session's start-up and epochs
         wall += done_s
-    reached = next((h for h in history if h["val_acc"] >= args.target), None)
+    validated = [h for h in history if "val_acc" in h]  # every epoch unless --train.eval_every says otherwise
+    reached = next((h for h in validated if h["val_acc"] >= args.target), None)
     result = {
         "preset": args.preset if args.command == "train" and args.preset != "none" else None,
         "command": shlex.join(command),
         "final_test_acc": final["val_acc"],
-        "best_test_acc": max(h["val_acc"] for h in history),
+        "best_test_acc": max(h["val_acc"] for h in validated),
         "epochs": final["epoch"],
         "wall_s": round(wall, 1),
         "train_loop_s": round(final["elapsed_s"], 1),

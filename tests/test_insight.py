@@ -200,7 +200,7 @@ def test_cli_attention_and_inspect_on_pretrained(tiny_weights, photos, tmp_path,
 TINY_RUN = ["--model.embed_dim", "32", "--model.depth", "2", "--model.num_heads", "2", "--quiet",
             "--preset", "mnist", "--data.dataset", "imagefolder", "--model.img_size", "16", "--model.patch_size", "4",
             "--model.in_chans", "3", "--data.num_workers", "0", "--train.epochs", "3", "--train.batch_size", "32",
-            "--train.tracker", "tensorboard"]
+            "--train.tracker", "tensorboard", "--train.eval_every", "2"]  # validated after epochs 2 and 3 (the last)
 
 
 @pytest.fixture(scope="module")
@@ -229,8 +229,9 @@ def test_tensorboard_logs_the_same_numbers(trained_run):
     events.Reload()
     history = [json.loads(line) for line in (trained_run / "metrics.jsonl").read_text().splitlines()]
     logged = events.Scalars("val_acc")
-    assert [e.step for e in logged] == [1, 2, 3]
-    assert [e.value for e in logged] == pytest.approx([h["val_acc"] for h in history])
+    assert [e.step for e in logged] == [2, 3] and "val_acc" not in history[0]  # --train.eval_every 2
+    assert [e.value for e in logged] == pytest.approx([h["val_acc"] for h in history[1:]])
+    assert [e.step for e in events.Scalars("train_loss")] == [1, 2, 3]
 
 
 def test_cli_attention_inspect_report_on_a_run(trained_run, pattern_folder, tmp_path, capsys):

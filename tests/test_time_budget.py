@@ -15,6 +15,7 @@ from test_training import tiny_run
 from vitlab.config import FinetuneConfig, RunConfig, TrainConfig
 from vitlab.training import load_checkpoint, train
 from vitlab.training.budget import SAFETY, epoch_seconds, planned_epochs, replanned_epochs
+from vitlab.training.checkpoint import read_checkpoint_info
 from vitlab.training.optim import build_optimizer, build_scheduler
 
 
@@ -139,7 +140,7 @@ def test_a_budget_that_is_not_positive_is_refused_before_training(pattern_folder
     assert not (tmp_path / "r").exists()
 
 
-def paced_run(pattern_folder, tmp_path, monkeypatch, first_plan: int, pace_s: float, budget_s: float = 100.0):
+def paced_run(pattern_folder, tmp_path, monkeypatch, first_plan: int, pace_s: float, budget_s: float = 100.0, **train_overrides):
     """A budgeted run whose first plan is ``first_plan`` epochs and whose clock then says every epoch took ``pace_s``
     seconds (saving included); returns the result, the re-plans' (epoch, total) and the first plan's clock mark."""
     replans, marks = [], []
@@ -162,7 +163,7 @@ def paced_run(pattern_folder, tmp_path, monkeypatch, first_plan: int, pace_s: fl
 
     monkeypatch.setattr(trainer_module, "epoch_record", paced)
     monkeypatch.setattr(trainer_module, "replanned_epochs", replanned)
-    cfg = tiny_run(pattern_folder, epochs=50, warmup_epochs=0.5, time_budget_s=budget_s)
+    cfg = tiny_run(pattern_folder, epochs=50, warmup_epochs=0.5, time_budget_s=budget_s, **train_overrides)
     return train(cfg, tmp_path / "r", progress=False), replans, marks[0]
 
 
@@ -187,6 +188,15 @@ def test_a_budgeted_run_plans_more_epochs_when_they_run_faster(pattern_folder, t
     assert replans == [(3, 5), (5, 6)]  # one at a time, each on two epochs' fresh pace: 4 -> 5 -> 6
     assert len(result.history) == 6
     assert result.history[-1]["elapsed_s"] <= 100  # the run's clock: within the budget
+
+
+def test_an_epoch_a_re_plan_makes_the_last_is_validated(pattern_folder, tmp_path, monkeypatch):
+    """--train.eval_every 2 with 6 epochs planned, then 40 s each of a 100-s budget: judged after epoch 3 (not due
+    for validation), nothing more fits, so epoch 3 becomes the last and is validated all the same."""
+    result, replans, mark_s = paced_run(pattern_folder, tmp_path, monkeypatch, first_plan=6, pace_s=40.0, eval_every=2)
+    assert mark_s < 17 and replans == [(3, 3)]
+    assert ["val_acc" in h for h in result.history] == [False, True, True]
+    assert read_checkpoint_info(tmp_path / "r" / "last.safetensors")["metrics"]["val_acc"] == result.history[-1]["val_acc"]
 
 
 def test_a_plan_is_revised_only_when_it_overruns_or_leaves_an_epoch_unused():

@@ -12,6 +12,7 @@ import yaml
 from vitlab.config import DataConfig, RunConfig, TrainConfig
 from vitlab.data import load_data
 from vitlab.model import ViT, ViTConfig
+from vitlab.resolve import ConfigError
 from vitlab.training import CheckpointError, RunExistsError, load_checkpoint, save_checkpoint, train
 from vitlab.training.checkpoint import load_state_dict_checked, read_checkpoint_info
 from vitlab.training.optim import build_scheduler, lr_factor, param_groups
@@ -140,6 +141,9 @@ def test_warmup_then_cosine_schedule():
     assert lr_factor(55, 100, 10, "cosine", 0.0) == pytest.approx(0.5)
     assert lr_factor(100, 100, 10, "cosine", 0.01) == pytest.approx(0.01)
     assert lr_factor(50, 100, 10, "constant", 0.0) == 1.0
+    assert lr_factor(55, 100, 10, "linear", 0.0) == pytest.approx(0.5)
+    assert lr_factor(32, 100, 10, "linear", 0.0) == pytest.approx(1 - 22 / 90)
+    assert lr_factor(100, 100, 10, "linear", 0.01) == pytest.approx(0.01)
     model = torch.nn.Linear(2, 2)
     opt = torch.optim.SGD(model.parameters(), lr=1.0)
     sched = build_scheduler(opt, TrainConfig(epochs=2, lr=1.0, min_lr=0.0, warmup_epochs=1), steps_per_epoch=4)
@@ -150,6 +154,17 @@ def test_warmup_then_cosine_schedule():
         sched.step()
     assert lrs[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0])
     assert lrs[4:] == pytest.approx([0.5 * (1 + math.cos(math.pi * k / 4)) for k in range(4)])
+
+
+def test_eval_every_validates_every_nth_epoch_and_the_last(pattern_folder, tmp_path):
+    result = train(tiny_run(pattern_folder, epochs=4, eval_every=3), tmp_path / "run", progress=False)
+    assert ["val_acc" in h and "val_loss" in h for h in result.history] == [False, False, True, True]
+    assert result.best_val_acc == max(result.history[2]["val_acc"], result.history[3]["val_acc"])
+    best = read_checkpoint_info(tmp_path / "run" / "best.safetensors")
+    assert best["epoch"] in (3, 4) and best["metrics"]["val_acc"] == result.best_val_acc
+    assert (tmp_path / "run" / "figures" / "curves.png").stat().st_size > 0  # drawn from the validated epochs
+    with pytest.raises(ConfigError, match="--train.eval_every must be at least 1"):
+        train(tiny_run(pattern_folder, eval_every=0), tmp_path / "bad", progress=False)
 
 
 def test_training_is_repeatable_on_cpu(pattern_folder, tmp_path):

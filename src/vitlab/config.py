@@ -119,13 +119,13 @@ class TrainConfig:
     lr: float = 1e-3
     """Peak learning rate, reached after the warm-up."""
     min_lr: float = 1e-6
-    """Learning rate at the end of the cosine schedule."""
+    """Learning rate at the end of the cosine or linear schedule."""
     weight_decay: float = 0.05
     """Decoupled weight decay; never applied to norms, biases, position embedding or CLS token."""
     betas: tuple[float, float] = (0.9, 0.999)
     """Adam(W)'s moving-average coefficients."""
-    schedule: Literal["cosine", "constant"] = "cosine"
-    """Learning rate after the warm-up: cosine decay to min_lr, or constant."""
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    """Learning rate after the warm-up: cosine decay to min_lr, linear decay to min_lr, or constant."""
     warmup_epochs: float = 1.0
     """Linear warm-up from 0 to lr over this many epochs (fractions allowed)."""
     label_smoothing: float = 0.0
@@ -147,6 +147,10 @@ class TrainConfig:
     """Seeds the initialisation, the data order, the augmentation and dropout."""
     eval_batch_size: int = 512
     """Images per batch when validating."""
+    eval_every: int = 1
+    """Validate after every this many epochs, and always after the last (the best checkpoint is chosen among the
+    validated epochs). A time-limited run spends the time saved on training: CIFAR-10's 10,000 test images take
+    ~15 s of a ~185-s epoch on 2 CPU cores."""
     threads: Optional[int] = None
     """CPU threads for PyTorch (default: PyTorch's own choice)."""
     tracker: Literal["none", "tensorboard", "mlflow", "wandb"] = "none"

@@ -51,8 +51,8 @@ RUN_PRESETS: dict[str, RunConfig] = {
         model=replace(MODEL_PRESETS["vit_cifar_stem"], embed_dim=256, depth=2, drop_path_rate=0.0, stem_full_res_convs=1,
                       stem_stage_convs=2, attn_impl="explicit"),
         data=DataConfig(dataset="cifar10", augment="crop_flip"),
-        train=TrainConfig(epochs=16, time_budget_s=3500, batch_size=128, lr=2e-3, weight_decay=0.05,
-                          warmup_epochs=2, label_smoothing=0.1, ema_decay=0.999, compile=True),
+        train=TrainConfig(epochs=16, time_budget_s=3500, batch_size=128, lr=3e-3, weight_decay=0.05,
+                          warmup_epochs=2, label_smoothing=0.1, ema_decay=0.999, compile=True, eval_every=3),
     ),
     # The tutorial's recipe: Adam, lr 1e-3, 10 epochs, constant rate, no regularisation.
     "seed": RunConfig(

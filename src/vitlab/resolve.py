@@ -325,6 +325,7 @@ def check_config(cfg: RunConfig) -> RunConfig:
         (isinstance(t.epochs, int) and t.epochs >= 1, f"--train.epochs must be at least 1, got {t.epochs}"),
         (t.batch_size >= 1, f"--train.batch_size must be at least 1, got {t.batch_size}"),
         (t.eval_batch_size >= 1, f"--train.eval_batch_size must be at least 1, got {t.eval_batch_size}"),
+        (t.eval_every >= 1, f"--train.eval_every must be at least 1 (validate after every N-th epoch), got {t.eval_every}"),
         (t.lr > 0 and math.isfinite(t.lr), f"--train.lr must be a positive number, got {t.lr}"),
         (0 <= t.min_lr <= t.lr, f"--train.min_lr must be between 0 and --train.lr ({t.lr}), got {t.min_lr}"),
         (t.weight_decay >= 0, f"--train.weight_decay must be >= 0, got {t.weight_decay}"),

@@ -55,7 +55,7 @@ class RunResult:
 
     @property
     def best_acc(self) -> float:
-        return max(h["val_acc"] for h in self.history)
+        return max(h["val_acc"] for h in self.history if "val_acc" in h)  # --train.eval_every skips epochs
 
     @property
     def train_time_s(self) -> float:

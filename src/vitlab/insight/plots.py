@@ -29,16 +29,17 @@ def _image_for_display(image: torch.Tensor):
 
 
 def plot_curves(history: list[dict[str, Any]], title: str = "") -> Figure:
-    """Loss, accuracy and learning rate per epoch."""
+    """Loss, accuracy and learning rate per epoch (validation: the validated epochs, see ``--train.eval_every``)."""
     epochs = [h["epoch"] for h in history]
+    validated = [h for h in history if "val_acc" in h]
     fig = Figure(figsize=(11, 3.3), layout="constrained")
     loss_ax, acc_ax, lr_ax = fig.subplots(1, 3)
     loss_ax.plot(epochs, [h["train_loss"] for h in history], "o-", ms=3, label="train")
-    loss_ax.plot(epochs, [h["val_loss"] for h in history], "o-", ms=3, label="validation")
+    loss_ax.plot([h["epoch"] for h in validated], [h["val_loss"] for h in validated], "o-", ms=3, label="validation")
     loss_ax.set_title("loss")
     acc_ax.plot(epochs, [100 * h["train_acc"] for h in history], "o-", ms=3, label="train")
-    acc_ax.plot(epochs, [100 * h["val_acc"] for h in history], "o-", ms=3, label="validation")
-    best = max(history, key=lambda h: h["val_acc"])
+    acc_ax.plot([h["epoch"] for h in validated], [100 * h["val_acc"] for h in validated], "o-", ms=3, label="validation")
+    best = max(validated, key=lambda h: h["val_acc"])
     acc_ax.annotate(f"best {100 * best['val_acc']:.2f}%", (best["epoch"], 100 * best["val_acc"]),
                     textcoords="offset points", xytext=(-10, -16), fontsize=8)
     acc_ax.set_title("accuracy (%)")

@@ -116,8 +116,8 @@ def _build_report(run_dir: Path, out: str | Path | None, attention_images: int, 
                                         figures / f"attention_val_{index}.png"))
 
     step("writing the page")
-    best = max(history, key=lambda h: h["val_acc"])
-    final = history[-1]
+    validated = [h for h in history if "val_acc" in h]  # every epoch unless --train.eval_every skips some
+    best, final, last_val = max(validated, key=lambda h: h["val_acc"]), history[-1], validated[-1]
     cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").exists() else info.get(
         "run_config", {})
     c = model.cfg
@@ -128,10 +128,10 @@ def _build_report(run_dir: Path, out: str | Path | None, attention_images: int, 
                      f"{data.num_classes} classes"),
         ("model", f"{model.num_params():,} parameters, {model_flops(model) / 1e6:.1f} MFLOPs per image, "
                   f"{architecture} on {model.cfg.img_size[0]}x{model.cfg.img_size[1]}"),
-        ("final validation accuracy", f"{100 * final['val_acc']:.2f}% (epoch {final['epoch']})"),
+        ("final validation accuracy", f"{100 * last_val['val_acc']:.2f}% (epoch {last_val['epoch']})"),
         ("best validation accuracy", f"{100 * best['val_acc']:.2f}% (epoch {best['epoch']})"),
         ("final train accuracy", f"{100 * final['train_acc']:.2f}% (with augmentation and dropout)"),
-        ("final losses", f"train {final['train_loss']:.4f}, validation {final['val_loss']:.4f}"),
+        ("final losses", f"train {final['train_loss']:.4f}, validation {last_val['val_loss']:.4f} (epoch {last_val['epoch']})"),
         ("training time", f"{final['elapsed_s']:.0f} s, {final.get('train_images_per_s', 0):.0f} images/s"),
     ]
     if info.get("run_config", {}).get("finetune"):

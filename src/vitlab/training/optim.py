@@ -61,18 +61,20 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, ft: FinetuneConfig | Non
 
 
 def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str, min_ratio: float) -> float:
-    """Multiplier of the base learning rate at ``step``: linear warm-up, then cosine (or constant)."""
+    """Multiplier of the base learning rate at ``step``: linear warm-up, then cosine, linear or constant."""
     if step < warmup_steps:
         return (step + 1) / warmup_steps
     if schedule == "constant":
         return 1.0
     progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    if schedule == "linear":  # straight down to min_lr at the last step (Li et al. 2020, "Budgeted Training")
+        return min_ratio + (1 - min_ratio) * (1 - progress)
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int,
                     ft: FinetuneConfig | None = None, steps_done: int = 0):
-    """A per-step ``LambdaLR``: warm-up over ``warmup_epochs``, cosine down to ``min_lr``.
+    """A per-step ``LambdaLR``: warm-up over ``warmup_epochs``, then cosine (or linear) down to ``min_lr``.
 
     ``steps_done``: continue a run ``steps_done`` steps in (the optimizer's rates are set for the
     next step), as when a time budget re-plans the number of epochs after the first one.

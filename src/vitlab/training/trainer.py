@@ -88,13 +88,16 @@ def train(cfg: RunConfig | None, run_dir: str | Path, resume: bool = False, prog
         epoch = run.start_epoch
         while epoch < run.cfg.train.epochs and (stop_after_epoch is None or epoch < stop_after_epoch):
             stats = train_epoch(run, epoch, time_steps=plan_budget)
-            val = validate(run)
+            val = validate(run) if validation_due(run.cfg.train, epoch) else None
             if plan_budget:
                 plan_epochs(run, stats, called)
                 plan_budget = False
             record = epoch_record(run, epoch, stats, val)
             if run.planned_epoch_s and epoch > run.start_epoch:  # later epochs: follow the machine's real pace
                 replan_if_drifted(run, record)
+            if val is None and validation_due(run.cfg.train, epoch):  # a re-plan made this epoch the last
+                val = validate(run)
+                record.update(val_loss=val["loss"], val_acc=val["acc"])
             save_epoch(run, record)
             epoch += 1
     except BaseException as exc:  # a failed start leaves nothing behind (Ctrl-C keeps it: --resume starts it again)
@@ -439,20 +442,25 @@ def set_planned_epochs(run: Run, epochs: int) -> None:
         write_run_config(run.run_dir, run.cfg)
 
 
-def epoch_record(run: Run, epoch: int, stats: EpochStats, val: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "epoch": epoch + 1, "train_loss": stats.loss_sum.item() / stats.seen, "train_acc": stats.correct.item() / stats.seen,
-        "val_loss": val["loss"], "val_acc": val["acc"], "lr": max(g["lr"] for g in run.optimizer.param_groups),
-        "train_images_per_s": stats.seen / stats.train_s, "epoch_s": time.perf_counter() - stats.started,
-        "elapsed_s": time.perf_counter() - run.started,
-    }
+def validation_due(tc: TrainConfig, epoch: int) -> bool:
+    """Whether epoch ``epoch`` (from 0) is validated: every ``eval_every``-th one and the last one."""
+    return (epoch + 1) % tc.eval_every == 0 or epoch + 1 >= tc.epochs
+
+
+def epoch_record(run: Run, epoch: int, stats: EpochStats, val: dict[str, Any] | None) -> dict[str, Any]:
+    """One epoch's metrics (``val_loss`` and ``val_acc`` only when it was validated)."""
+    record = {"epoch": epoch + 1, "train_loss": stats.loss_sum.item() / stats.seen, "train_acc": stats.correct.item() / stats.seen}
+    if val is not None:
+        record.update(val_loss=val["loss"], val_acc=val["acc"])
+    return {**record, "lr": max(g["lr"] for g in run.optimizer.param_groups), "train_images_per_s": stats.seen / stats.train_s,
+            "epoch_s": time.perf_counter() - stats.started, "elapsed_s": time.perf_counter() - run.started}
 
 
 def save_epoch(run: Run, record: dict[str, Any]) -> None:
     """History and best accuracy; on rank 0 the checkpoints, the resume state, metrics.jsonl and TensorBoard."""
     run.history.append(record)
-    is_best = record["val_acc"] > run.best_acc
-    run.best_acc = max(run.best_acc, record["val_acc"])
+    is_best = record.get("val_acc", -1.0) > run.best_acc  # among the validated epochs
+    run.best_acc = max(run.best_acc, record.get("val_acc", -1.0))
     if not run.ctx.is_main:
         return  # rank 0 alone writes the run directory
     ckpt_info = {**run.info, "epoch": record["epoch"], "metrics": record}
@@ -468,10 +476,11 @@ def save_epoch(run: Run, record: dict[str, Any]) -> None:
     write_metrics(run.run_dir, run.history)
     run.tracker.log_epoch(record["epoch"] * run.steps_per_epoch, record)
     if run.progress:
+        val = (f"val loss {record['val_loss']:.4f} acc {record['val_acc']:.4f}{' *' if is_best else '  '}"
+               if "val_acc" in record else "not validated" + " " * 20)
         tqdm.write(
             f"epoch {record['epoch']:>3}/{run.cfg.train.epochs} | train loss {record['train_loss']:.4f} acc "
-            f"{record['train_acc']:.4f} | val loss {record['val_loss']:.4f} acc {record['val_acc']:.4f}"
-            f"{' *' if is_best else '  '} | {record['train_images_per_s']:.0f} img/s | "
+            f"{record['train_acc']:.4f} | {val} | {record['train_images_per_s']:.0f} img/s | "
             f"{record['epoch_s']:.1f}s (total {record['elapsed_s']:.0f}s)"
         )
 
