@@ -14,7 +14,7 @@ import vitlab.training.trainer as trainer_module
 from test_training import tiny_run
 from vitlab.config import FinetuneConfig, RunConfig, TrainConfig
 from vitlab.training import load_checkpoint, train
-from vitlab.training.budget import SAFETY, epoch_seconds, planned_epochs, replanned_epochs
+from vitlab.training.budget import SAFETY, epoch_seconds, judge_epochs, planned_epochs, replanned_epochs
 from vitlab.training.checkpoint import read_checkpoint_info
 from vitlab.training.optim import build_optimizer, build_scheduler
 
@@ -197,6 +197,10 @@ def test_an_epoch_a_re_plan_makes_the_last_is_validated(pattern_folder, tmp_path
     assert mark_s < 17 and replans == [(3, 3)]
     assert ["val_acc" in h for h in result.history] == [False, True, True]
     assert read_checkpoint_info(tmp_path / "r" / "last.safetensors")["metrics"]["val_acc"] == result.history[-1]["val_acc"]
+
+
+def test_the_pace_is_judged_over_whole_validation_intervals():
+    assert [judge_epochs(every) for every in (1, 2, 3, 5)] == [2, 2, 3, 5]
 
 
 def test_a_plan_is_revised_only_when_it_overruns_or_leaves_an_epoch_unused():

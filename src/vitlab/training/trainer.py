@@ -23,7 +23,7 @@ from vitlab.data import ImageData, ImageSplit, Preprocess, iterate_batches, load
 from vitlab.device import autocast_context, precision_note, resolve_compile, resolve_device, resolve_precision
 from vitlab.model import ViT
 from vitlab.resolve import ConfigError, resolve_config, with_planned_epochs
-from vitlab.training.budget import JUDGE_EPOCHS, WARM_STEPS, epoch_seconds, planned_epochs, replanned_epochs
+from vitlab.training.budget import WARM_STEPS, epoch_seconds, judge_epochs, planned_epochs, replanned_epochs
 from vitlab.training.checkpoint import RESUME_FILE, load_resume_state, save_checkpoint, save_resume_state
 from vitlab.training.distributed import Distributed, local_batch_size, setup_distributed
 from vitlab.training.ema import weight_ema
@@ -418,7 +418,7 @@ def replan_if_drifted(run: Run, record: dict[str, Any]) -> None:
     epoch unused, plan one more (:func:`vitlab.training.budget.replanned_epochs`); the schedule follows the new total."""
     [elapsed_s] = run.ctx.mean(record["elapsed_s"])  # every process must plan the same number
     mark_epoch, mark_s = run.plan_mark
-    if record["epoch"] - mark_epoch < JUDGE_EPOCHS:  # one epoch's pace is too noisy to extrapolate
+    if record["epoch"] - mark_epoch < judge_epochs(run.cfg.train.eval_every):  # one epoch's pace is too noisy
         return
     epoch_s = (elapsed_s - mark_s) / (record["epoch"] - mark_epoch)  # the real pace since the plan, saving included
     before = run.cfg.train.epochs
