@@ -623,6 +623,24 @@ def test_timm_avg_default_uses_fc_norm() -> None:
         ViT(small_cfg(depth=1, pool="gap")).load_state_dict(ref.state_dict(), strict=True)
 
 
+
+@pytest.mark.parametrize("size", [(24, 24), (32, 48), (32, 32)], ids=["smaller", "wider", "native"])
+def test_dynamic_img_size_matches_timm(size: tuple[int, int]) -> None:
+    """dynamic_img_size: other input sizes through a resampled position embedding, as timm's model does them."""
+    cfg = small_cfg(dynamic_img_size=True)
+    ref = randomize_(timm_vit.VisionTransformer(img_size=32, patch_size=8, num_classes=10, embed_dim=48, depth=2,
+                                                num_heads=3, dynamic_img_size=True), seed=21).eval()
+    ours = ViT(cfg).eval()
+    ours.load_state_dict(ref.state_dict(), strict=True)
+    x = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(22))
+    with torch.no_grad():
+        torch.testing.assert_close(ours.forward_features(x), ref.forward_features(x), atol=1e-5, rtol=0)
+        torch.testing.assert_close(ours(x), ref(x), atol=1e-5, rtol=0)
+        if size == (32, 32):  # at its own size the dynamic model is the fixed one
+            fixed = ViT(small_cfg()).eval()
+            fixed.load_state_dict(ref.state_dict())
+            assert torch.equal(ours(x), fixed(x))
+
 # ----------------------------------------------------------------------------- 7. names, head, weight decay
 
 TIMM_KEYS = [
@@ -927,6 +945,20 @@ def test_wrong_image_size() -> None:
         model(torch.zeros(1, 3, 36, 24))
     with pytest.raises(ValueError, match=re.escape("expected images of 24x36 pixels (H x W), got 28x28")):
         model.forward_features(torch.zeros(1, 3, 28, 28))
+
+
+def test_dynamic_img_size_takes_whole_patches_only() -> None:
+    model = ViT(small_cfg(dynamic_img_size=True, patch_embed="manual"))
+    assert model(torch.zeros(1, 3, 16, 40)).shape == (1, 10)  # unfold + linear follows the input's grid too
+    with pytest.raises(ValueError, match=re.escape("patch size (8, 8) divides, got 28x28")):
+        model(torch.zeros(1, 3, 28, 28))
+
+
+def test_dynamic_sincos_table_is_rebuilt_for_the_grid() -> None:
+    model = ViT(small_cfg(dynamic_img_size=True, pos_embed="sincos", depth=0))
+    table = model._pos_embed_for((3, 5))
+    assert table.shape == (1, 1 + 15, 48) and torch.equal(table[0, 1:], sincos_pos_embed_2d((3, 5), 48))
+    assert torch.equal(table[0, :1], torch.zeros(1, 48))  # the CLS slot
 
 
 def test_unbatched_input() -> None:

@@ -105,6 +105,16 @@ def test_a_budgeted_run_plans_its_epochs_and_equals_the_run_planned_by_hand(patt
             assert torch.equal(p, q), name
 
 
+def test_a_progressive_run_plans_after_its_first_full_size_epoch(pattern_folder, tmp_path, capped_plan):
+    """Smaller images make faster epochs: the budget is planned on the first epoch at full size (the third here)."""
+    from test_training import progressive_run
+
+    result = train(progressive_run(pattern_folder, epochs=50, time_budget_s=10.0), tmp_path / "r", progress=False)
+    (call, *_) = capped_plan
+    assert call["done"] == 3 and call["elapsed_s"] >= result.history[2]["elapsed_s"] - result.history[2]["epoch_s"]
+    assert len(result.history) == yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())["train"]["epochs"]
+
+
 def test_the_last_smaller_batch_is_left_out_of_the_steady_rate(pattern_folder, tmp_path, monkeypatch, capped_plan):
     """A compiled model compiles again for the smaller last batch: that step must not set the rate of every epoch."""
     late_s, timings = 100.0, []  # the training clock jumps when the last batch arrives, as a recompile would make it

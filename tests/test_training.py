@@ -167,6 +167,53 @@ def test_eval_every_validates_every_nth_epoch_and_the_last(pattern_folder, tmp_p
         train(tiny_run(pattern_folder, eval_every=0), tmp_path / "bad", progress=False)
 
 
+def progressive_run(folder, **train_overrides) -> RunConfig:
+    """tiny_run (16x16 images, patch 4) whose model takes other sizes, trained from 8 pixels up over 2 epochs."""
+    cfg = tiny_run(folder, **{"progressive_res": 8, "progressive_epochs": 2, **train_overrides})
+    return replace(cfg, model=replace(cfg.model, dynamic_img_size=True))
+
+
+def test_progressive_resizing_trains_small_first_and_validates_at_full_size(pattern_folder, tmp_path, monkeypatch):
+    import vitlab.training.trainer as trainer_module
+
+    seen = {"train": [], "val": []}
+    real_step, real_evaluate = trainer_module.train_step, trainer_module.evaluate
+
+    def step(run, runner, x, y, epoch, step):
+        seen["train"].append((epoch, tuple(x.shape[-2:])))
+        return real_step(run, runner, x, y, epoch, step)
+
+    def evaluate(model, split, preprocess, *args, **kwargs):
+        def recorded(x, *a, **k):
+            out = preprocess(x, *a, **k)
+            seen["val"].append(tuple(out.shape[-2:]))
+            return out
+        return real_evaluate(model, split, recorded, *args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "train_step", step)
+    monkeypatch.setattr(trainer_module, "evaluate", evaluate)
+    result = train(progressive_run(pattern_folder, epochs=4), tmp_path / "run", progress=False)
+    sizes = {epoch: {size for e, size in seen["train"] if e == epoch} for epoch in range(4)}
+    assert sizes == {0: {(8, 8)}, 1: {(12, 12)}, 2: {(16, 16)}, 3: {(16, 16)}}  # 8 + 8 * epoch / 2, in whole patches
+    assert set(seen["val"]) == {(16, 16)} and len(result.history) == 4
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (dict(progressive_res=12, progressive_epochs=2), "--model.dynamic_img_size true"),
+    (dict(progressive_res=10, progressive_epochs=2, dynamic=True), "multiple of the patch size 4 below img_size 16"),
+    (dict(progressive_res=16, progressive_epochs=2, dynamic=True), "multiple of the patch size 4 below img_size 16"),
+    (dict(progressive_res=8, progressive_epochs=4, dynamic=True), "--train.progressive_epochs must be at least 1 and below"),
+    (dict(progressive_res=8, dynamic=True), "--train.progressive_epochs must be at least 1"),
+])
+def test_progressive_resizing_is_checked_before_training(pattern_folder, tmp_path, overrides, message):
+    dynamic = overrides.pop("dynamic", False)
+    cfg = tiny_run(pattern_folder, epochs=4, **overrides)
+    cfg = replace(cfg, model=replace(cfg.model, dynamic_img_size=dynamic))
+    with pytest.raises(ConfigError, match=message):
+        train(cfg, tmp_path / "r", progress=False)
+    assert not (tmp_path / "r").exists()
+
+
 def test_training_is_repeatable_on_cpu(pattern_folder, tmp_path):
     a = train(tiny_run(pattern_folder, epochs=1), tmp_path / "a", progress=False)
     b = train(tiny_run(pattern_folder, epochs=1), tmp_path / "b", progress=False)

@@ -112,6 +112,13 @@ class TrainConfig:
     time_budget_s: Optional[float] = None
     """Train for this many seconds of wall time: the first epoch is timed and ``epochs`` becomes the number that
     fits (the cosine schedule follows it; the plan goes into config.yaml). None: train ``epochs`` epochs."""
+    progressive_res: int = 0
+    """Progressive resizing (fast.ai's and FFCV's ImageNet recipes): train the first ``progressive_epochs`` epochs on
+    images downscaled to this many pixels a side, rising linearly in whole patches to the model's ``img_size``, then
+    at full size (validation always at full size; needs ``--model.dynamic_img_size true``). 0: off. A time budget
+    plans after the first full-size epoch."""
+    progressive_epochs: int = 0
+    """Epochs before full size is reached (with ``progressive_res``)."""
     batch_size: int = 128
     """Images per optimisation step (over all processes under torchrun)."""
     optimizer: Literal["adamw", "adam", "sgd"] = "adamw"

@@ -45,10 +45,10 @@ def timm_config(cfg: ViTConfig, classes: list[str], preprocessing: dict[str, Any
             "embed_dim": cfg.embed_dim, "depth": cfg.depth, "num_heads": cfg.num_heads, "mlp_ratio": cfg.mlp_ratio,
             "qkv_bias": cfg.qkv_bias, "class_token": cfg.class_token, "no_embed_class": False,
             "global_pool": "token" if cfg.pool == "cls" else "avg", "fc_norm": False,  # vitlab: norm, then pool
-            "pos_embed": "learn" if cfg.pos_embed == "learned" else "none",
+            "pos_embed": "learn" if cfg.pos_embed == "learned" else "none", "dynamic_img_size": cfg.dynamic_img_size,
         },
         "pretrained_cfg": {
-            "input_size": [cfg.in_chans, *cfg.img_size], "fixed_input_size": True,
+            "input_size": [cfg.in_chans, *cfg.img_size], "fixed_input_size": not cfg.dynamic_img_size,
             "interpolation": preprocessing.get("interpolation", "bicubic"), "crop_pct": crop,
             "crop_mode": preprocessing.get("crop_mode", "center"),
             "mean": list(preprocessing["mean"]), "std": list(preprocessing["std"]), "num_classes": cfg.num_classes,

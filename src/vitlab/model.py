@@ -39,6 +39,7 @@ __all__ = [
     "Block",
     "DropPath",
     "sincos_pos_embed_2d",
+    "resample_pos_embed",
     "MODEL_PRESETS",
     "MODEL_ALIASES",
     "model_config",
@@ -116,6 +117,10 @@ class ViTConfig:
     """LayerNorm epsilon (1e-6 as in the original release; Hugging Face uses 1e-12)."""
     attn_impl: Literal["sdpa", "explicit"] = "sdpa"
     """`sdpa`: fused F.scaled_dot_product_attention; `explicit`: softmax(QK^T/sqrt(d))V."""
+    dynamic_img_size: bool = False
+    """Also accept images of other sizes that the patch size divides (timm's ``dynamic_img_size``): the position
+    embedding is resampled to their patch grid (learned: bicubic; sin-cos: rebuilt). ``img_size`` stays the size
+    the embedding is stored for; training at lower resolution first (``--train.progressive_res``) needs it."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "img_size", _pair(self.img_size))  # frozen: set once, normalised
@@ -217,7 +222,7 @@ class PatchEmbed(nn.Module):
         super().__init__()
         self.img_size, self.patch_size, self.in_chans = cfg.img_size, cfg.patch_size, cfg.in_chans
         self.grid_size, self.num_patches = cfg.grid_size, cfg.num_patches
-        self.mode = cfg.patch_embed
+        self.mode, self.dynamic_img_size = cfg.patch_embed, cfg.dynamic_img_size
         if self.mode == "conv_stem":
             self.stem, channels = conv_stem(cfg.in_chans, cfg.embed_dim, cfg.patch_size[0], cfg.stem_full_res_convs,
                                             cfg.stem_stage_convs)
@@ -239,7 +244,12 @@ class PatchEmbed(nn.Module):
                 "convert the images (e.g. grayscale <-> RGB) or build the model with in_chans="
                 f"{x.shape[1]}"
             )
+        if self.dynamic_img_size and x.shape[2] % self.patch_size[0] == 0 and x.shape[3] % self.patch_size[1] == 0:
+            return
         if tuple(x.shape[2:]) != self.img_size:
+            if self.dynamic_img_size:
+                raise ValueError(f"expected images whose sides the patch size {self.patch_size} divides, got "
+                                 f"{x.shape[2]}x{x.shape[3]} (input shape {tuple(x.shape)}); resize or crop the images")
             raise ValueError(
                 f"expected images of {self.img_size[0]}x{self.img_size[1]} pixels (H x W), got "
                 f"{x.shape[2]}x{x.shape[3]} (input shape {tuple(x.shape)}); resize the images or build "
@@ -254,7 +264,8 @@ class PatchEmbed(nn.Module):
             x = self.proj(x)  # (B, D, H/P, W/P)
             return x.flatten(2).transpose(1, 2)  # (B, N, D)
         b, c, h, w = x.shape
-        (ph, pw), (gh, gw) = self.patch_size, self.grid_size
+        (ph, pw) = self.patch_size
+        gh, gw = h // ph, w // pw
         patches = x.reshape(b, c, gh, ph, gw, pw).permute(0, 2, 4, 1, 3, 5)  # (B, gh, gw, C, ph, pw)
         patches = patches.reshape(b, gh * gw, c * ph * pw)  # (B, N, C*ph*pw), row-major over the grid
         return F.linear(patches, self.proj.weight.flatten(1), self.proj.bias)
@@ -279,6 +290,38 @@ def sincos_pos_embed_2d(grid_size: tuple[int, int], dim: int, temperature: float
         return torch.cat([angles.sin(), angles.cos()], dim=1)
 
     return torch.cat([encode(rows), encode(cols)], dim=1).float()
+
+
+def resample_pos_embed(
+    pos_embed: torch.Tensor,
+    new_grid: tuple[int, int],
+    old_grid: tuple[int, int] | None = None,
+    num_prefix_tokens: int = 1,
+    interpolation: str = "bicubic",
+    antialias: bool = True,
+) -> torch.Tensor:
+    """(1, prefix + H*W, D) -> (1, prefix + H'*W', D): the patch part interpolated as a 2-D image.
+
+    Prefix tokens (CLS) keep their embedding unchanged. ``old_grid`` defaults to a square grid.
+    Grids may be non-square (e.g. a 224 checkpoint fine-tuned on 160x224 images).
+    """
+    prefix, patches = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
+    n, dim = patches.shape[1], patches.shape[2]
+    if old_grid is None:
+        side = int(round(n**0.5))
+        if side * side != n:
+            raise ValueError(f"position embedding has {n} patch positions, not a square grid: pass old_grid")
+        old_grid = (side, side)
+    if old_grid[0] * old_grid[1] != n:
+        raise ValueError(f"old_grid {old_grid} does not match the {n} patch positions of the embedding")
+    new_grid = (int(new_grid[0]), int(new_grid[1]))
+    if tuple(old_grid) == new_grid:
+        return pos_embed
+    image = patches.reshape(1, old_grid[0], old_grid[1], dim).permute(0, 3, 1, 2).float()
+    image = F.interpolate(image, size=new_grid, mode=interpolation, align_corners=False,
+                          antialias=antialias and interpolation in ("bilinear", "bicubic"))
+    patches = image.permute(0, 2, 3, 1).reshape(1, new_grid[0] * new_grid[1], dim).to(pos_embed.dtype)
+    return torch.cat([prefix, patches], dim=1)
 
 
 # ----------------------------------------------------------------------------- encoder
@@ -502,12 +545,22 @@ class ViT(nn.Module):
             nn.init.zeros_(self.head.bias)
 
     def _embed(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.patch_embed(x)
+        grid = (x.shape[2] // self.cfg.patch_size[0], x.shape[3] // self.cfg.patch_size[1])
+        x = self.patch_embed(x)  # (B, N, D)
         if self.cls_token is not None:
-            x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+            x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)  # (B, 1+N, D)
         if self.pos_embed is not None:
-            x = x + self.pos_embed
+            x = x + self._pos_embed_for(grid)
         return self.pos_drop(x)
+
+    def _pos_embed_for(self, grid: tuple[int, int]) -> torch.Tensor:
+        """The position embedding (1, prefix + gh*gw, D) for a patch grid (another one: ``dynamic_img_size``)."""
+        if grid == self.cfg.grid_size:
+            return self.pos_embed
+        if self.cfg.pos_embed == "sincos":
+            table = sincos_pos_embed_2d(grid, self.cfg.embed_dim).to(self.pos_embed)
+            return torch.cat([self.pos_embed[:, : self.num_prefix_tokens], table.unsqueeze(0)], dim=1)
+        return resample_pos_embed(self.pos_embed, grid, self.cfg.grid_size, self.num_prefix_tokens)
 
     def _encode(self, x: torch.Tensor, last_block_queries: int | None = None) -> torch.Tensor:
         """Embed, run the blocks (the last one only for the first ``last_block_queries`` tokens), normalise."""

@@ -336,6 +336,7 @@ def check_config(cfg: RunConfig) -> RunConfig:
         (0 <= t.ema_decay < 1, f"--train.ema_decay must be in [0, 1) (0: off; e.g. 0.9995), got {t.ema_decay}"),
         (t.time_budget_s is None or t.time_budget_s > 0,
          f"--train.time_budget_s must be a positive number of seconds (or null), got {t.time_budget_s}"),
+        *progressive_rules(cfg),
         (t.threads is None or t.threads >= 1, f"--train.threads must be at least 1 (or null), got {t.threads}"),
         (d.train_subset is None or d.train_subset >= 1, f"--data.train_subset must be at least 1 (or null), got {d.train_subset}"),
         (d.val_subset is None or d.val_subset >= 1, f"--data.val_subset must be at least 1 (or null), got {d.val_subset}"),
@@ -366,6 +367,29 @@ def check_config(cfg: RunConfig) -> RunConfig:
     if problems:
         raise ConfigError("; ".join(problems))
     return cfg
+
+
+def progressive_rules(cfg: RunConfig) -> list[tuple[bool, str]]:
+    """What ``--train.progressive_res`` needs: a square model that takes other sizes, a smaller start in whole patches,
+    and epochs at full size after the ramp."""
+    t, m = cfg.train, cfg.model
+    if t.progressive_res == 0 and t.progressive_epochs == 0:
+        return []
+    side, patch = m.img_size[0], m.patch_size[0]
+    return [
+        (cfg.arch == "vit" and m.dynamic_img_size, "--train.progressive_res trains on smaller images, which a ViT "
+                                                   "takes only with --model.dynamic_img_size true"),
+        (m.img_size[0] == m.img_size[1] and m.patch_size[0] == m.patch_size[1],
+         f"--train.progressive_res needs a square img_size and patch_size, got {m.img_size} and {m.patch_size}"),
+        (patch <= t.progressive_res < side and t.progressive_res % patch == 0,
+         f"--train.progressive_res must be a multiple of the patch size {patch} below img_size {side} "
+         f"(e.g. {max(patch, side * 3 // 4 // patch * patch)}), got {t.progressive_res}"),
+        (cfg.finetune is None or cfg.finetune.mode != "linear" or not cfg.finetune.cache_features
+         or cfg.data.augment != "none", "--train.progressive_res cannot train on cached features; "
+                                        "set --finetune.cache_features false"),
+        (1 <= t.progressive_epochs < t.epochs, f"--train.progressive_epochs must be at least 1 and below --train.epochs "
+                                               f"({t.epochs}), got {t.progressive_epochs}"),
+    ]
 
 
 def device_problem(name: str) -> str | None:

@@ -126,7 +126,10 @@ class Preprocess:
         self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
 
-    def __call__(self, x: torch.Tensor, train: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, train: bool = False, generator: torch.Generator | None = None,
+                 size: tuple[int, int] | None = None) -> torch.Tensor:
+        """``size``: resize to this (height, width) instead of ``image_size`` (progressive resizing)."""
+        size = self.image_size if size is None else tuple(size)
         randomised = train and (self.augment != "none" or self.erase_prob > 0)
         if randomised and generator is None:
             raise ValueError("training augmentation needs a torch.Generator (for repeatable runs)")
@@ -134,8 +137,8 @@ class Preprocess:
             x = augment_batch(x, self.augment, generator)
         else:
             x = x.float().div_(255)
-        if tuple(x.shape[-2:]) != self.image_size:
-            x = F.interpolate(x, size=self.image_size, mode=self.resize_mode, align_corners=False,
+        if tuple(x.shape[-2:]) != size:
+            x = F.interpolate(x, size=size, mode=self.resize_mode, align_corners=False,
                               antialias=self.resize_mode in ("bilinear", "bicubic")).clamp_(0, 1)
         mean, std = self.mean.to(x.device), self.std.to(x.device)
         if x.shape[1] == 1 and self.in_chans == 3:  # grayscale into an RGB model

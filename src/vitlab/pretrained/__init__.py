@@ -1,5 +1,6 @@
 """Pretrained weights: the registry, converters from four layouts, and loading into our ViT."""
 
+from vitlab.model import resample_pos_embed
 from vitlab.pretrained.convert import Converted, convert, detect_format, infer_config
 from vitlab.pretrained.load import (
     PretrainedInfo,
@@ -16,7 +17,6 @@ from vitlab.pretrained.registry import (
     get_weights,
     list_weights,
 )
-from vitlab.pretrained.resample import resample_pos_embed
 
 __all__ = [
     "WEIGHTS", "Converted", "Preprocessing", "PretrainedInfo", "PretrainedWeights", "WeightsError", "class_names",

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from vitlab.model import ViT, ViTConfig
+from vitlab.model import ViT, ViTConfig, resample_pos_embed
 from vitlab.names import did_you_mean
 from vitlab.pretrained.convert import convert, infer_config
 from vitlab.pretrained.errors import WeightsError
@@ -38,7 +38,6 @@ from vitlab.pretrained.registry import (
     class_names,
     get_weights,
 )
-from vitlab.pretrained.resample import resample_pos_embed
 
 WEIGHTS_DIR_ENV = "VITLAB_WEIGHTS_DIR"
 WEIGHT_SUFFIXES = (".safetensors", ".npz", ".pth", ".pt", ".bin", ".ckpt", ".keras", ".weights.h5", ".h5", ".hdf5")
