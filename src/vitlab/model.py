@@ -545,8 +545,9 @@ class ViT(nn.Module):
             nn.init.zeros_(self.head.bias)
 
     def _embed(self, x: torch.Tensor) -> torch.Tensor:
-        grid = (x.shape[2] // self.cfg.patch_size[0], x.shape[3] // self.cfg.patch_size[1])
+        shape = x.shape  # (B, C, H, W), checked by patch_embed
         x = self.patch_embed(x)  # (B, N, D)
+        grid = (shape[2] // self.cfg.patch_size[0], shape[3] // self.cfg.patch_size[1])
         if self.cls_token is not None:
             x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)  # (B, 1+N, D)
         if self.pos_embed is not None:
