@@ -213,7 +213,7 @@ def start_run(cfg: RunConfig, run_dir: Path, resume: bool, data: ImageData | Non
         run.tracker = open_tracker(tc.tracker, run_dir, cfg.to_dict(), tc.tracker_project)
     run.compile_step = compile_step
     run.precision = run.info["precision"] = resolve_precision(tc.precision, device, compiled=compile_step)
-    run.compiled = compiled(run.step_model, tc) if compile_step and not ctx.enabled else None
+    run.compiled = compile_for(run.step_model, tc) if compile_step and not ctx.enabled else None
     if progress:
         announce(run, notes)
     return run
@@ -546,19 +546,19 @@ def _features_as_input(x: torch.Tensor, train: bool = False, generator: torch.Ge
     return x
 
 
-def compiled(module: torch.nn.Module, tc: TrainConfig) -> torch.nn.Module:
+def compile_for(module: torch.nn.Module, tc: TrainConfig) -> torch.nn.Module:
     """``module`` through ``torch.compile``. Progressive resizing compiles one static graph per image size: a graph
     dynamic in the size ran slower (473 against 555 img/s at 24 pixels, CIFAR-10's 2-core hour) and, in torch 2.14,
     cannot compile the backward of the antialiased position-embedding resampling."""
     return torch.compile(module, dynamic=False if tc.progressive_res else None)
 
 
-def _data_parallel(module: torch.nn.Module, device: torch.device, compile_for: TrainConfig | None) -> torch.nn.Module:
-    """``module`` in DistributedDataParallel (gradients averaged over the processes), compiled for ``compile_for``."""
+def _data_parallel(module: torch.nn.Module, device: torch.device, compiling: TrainConfig | None) -> torch.nn.Module:
+    """``module`` in DistributedDataParallel (gradients averaged over the processes), compiled for ``compiling`` if given."""
     from torch.nn.parallel import DistributedDataParallel
 
     wrapped = DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
-    return compiled(wrapped, compile_for) if compile_for is not None else wrapped
+    return compile_for(wrapped, compiling) if compiling is not None else wrapped
 
 
 @torch.no_grad()
