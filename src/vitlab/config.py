@@ -214,6 +214,13 @@ class RunConfig:
             d["finetune"] = asdict(self.finetune)
         return d
 
+    @property
+    def uses_feature_cache(self) -> bool:
+        """A linear probe without augmentation: the frozen backbone sees each image once, the steps train the head on
+        its features (``--finetune.cache_features``)."""
+        ft = self.finetune
+        return ft is not None and ft.mode == "linear" and ft.cache_features and self.data.augment == "none"
+
     @classmethod
     def from_dict(cls, d: dict) -> RunConfig:
         finetune = FinetuneConfig(**d["finetune"]) if d.get("finetune") else None

@@ -384,9 +384,8 @@ def progressive_rules(cfg: RunConfig) -> list[tuple[bool, str]]:
         (patch <= t.progressive_res < side and t.progressive_res % patch == 0,
          f"--train.progressive_res must be a multiple of the patch size {patch} below img_size {side} "
          f"(e.g. {max(patch, side * 3 // 4 // patch * patch)}), got {t.progressive_res}"),
-        (cfg.finetune is None or cfg.finetune.mode != "linear" or not cfg.finetune.cache_features
-         or cfg.data.augment != "none", "--train.progressive_res cannot train on cached features; "
-                                        "set --finetune.cache_features false"),
+        (not cfg.uses_feature_cache, "--train.progressive_res cannot train on cached features; "
+                                     "set --finetune.cache_features false"),
         (1 <= t.progressive_epochs < t.epochs, f"--train.progressive_epochs must be at least 1 and below --train.epochs "
                                                f"({t.epochs}), got {t.progressive_epochs}"),
     ]

@@ -201,7 +201,7 @@ def start_run(cfg: RunConfig, run_dir: Path, resume: bool, data: ImageData | Non
             "preprocessing": preprocessing_info(data, cfg), "run_config": cfg.to_dict(), "data_notes": {**data.notes, **notes}}
     run = Run(cfg, run_dir, ctx, device, data, model, model, saved_model, saved_model, optimizer, None, ema, data.train,
               data.val, preprocess, eval_preprocess, steps_per_epoch, info, progress)
-    if uses_feature_cache(cfg):
+    if cfg.uses_feature_cache:
         use_cached_features(run)
     run.scheduler = build_scheduler(optimizer, tc, run.steps_per_epoch, ft)
     if state is not None:
@@ -534,11 +534,6 @@ def backbone_frozen(ft: FinetuneConfig | None, epoch: int) -> bool:
 def set_backbone_trainable(model: ViT, trainable: bool) -> None:
     for name, param in model.named_parameters():
         param.requires_grad_(trainable or name.startswith("head."))
-
-
-def uses_feature_cache(cfg: RunConfig) -> bool:
-    ft = cfg.finetune
-    return ft is not None and ft.mode == "linear" and ft.cache_features and cfg.data.augment == "none"
 
 
 def _features_as_input(x: torch.Tensor, train: bool = False, generator: torch.Generator | None = None,
