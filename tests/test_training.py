@@ -176,11 +176,12 @@ def progressive_run(folder, **train_overrides) -> RunConfig:
 def test_progressive_resizing_trains_small_first_and_validates_at_full_size(pattern_folder, tmp_path, monkeypatch):
     import vitlab.training.trainer as trainer_module
 
-    seen = {"train": [], "val": []}
+    seen = {"train": [], "val": [], "lr": []}
     real_step, real_evaluate = trainer_module.train_step, trainer_module.evaluate
 
     def step(run, runner, x, y, epoch, step):
         seen["train"].append((epoch, tuple(x.shape[-2:])))
+        seen["lr"].append(run.optimizer.param_groups[0]["lr"])
         return real_step(run, runner, x, y, epoch, step)
 
     def evaluate(model, split, preprocess, *args, **kwargs):
@@ -192,10 +193,17 @@ def test_progressive_resizing_trains_small_first_and_validates_at_full_size(patt
 
     monkeypatch.setattr(trainer_module, "train_step", step)
     monkeypatch.setattr(trainer_module, "evaluate", evaluate)
-    result = train(progressive_run(pattern_folder, epochs=4), tmp_path / "run", progress=False)
+    cfg = progressive_run(pattern_folder, epochs=4, progressive_lr_scale=0.25)
+    result = train(cfg, tmp_path / "run", progress=False)
     sizes = {epoch: {size for e, size in seen["train"] if e == epoch} for epoch in range(4)}
     assert sizes == {0: {(8, 8)}, 1: {(12, 12)}, 2: {(16, 16)}, 3: {(16, 16)}}  # 8 + 8 * epoch / 2, in whole patches
     assert set(seen["val"]) == {(16, 16)} and len(result.history) == 4
+    # the rate at 8 px is a quarter, at 12 px (halfway up in side) a half of the schedule's; full size: all of it
+    tc, steps = cfg.train, len(seen["lr"]) // 4
+    schedule = [tc.lr * lr_factor(i, 4 * steps, round(tc.warmup_epochs * steps), tc.schedule, tc.min_lr / tc.lr)
+                for i in range(4 * steps)]
+    scales = [0.25] * steps + [0.5] * steps + [1.0] * 2 * steps
+    assert seen["lr"] == pytest.approx([s * f for s, f in zip(schedule, scales)], rel=1e-6)
 
 
 @pytest.mark.parametrize("overrides,message", [
@@ -204,6 +212,8 @@ def test_progressive_resizing_trains_small_first_and_validates_at_full_size(patt
     (dict(progressive_res=16, progressive_epochs=2, dynamic=True), "multiple of the patch size 4 below img_size 16"),
     (dict(progressive_res=8, progressive_epochs=4, dynamic=True), "--train.progressive_epochs must be at least 1 and below"),
     (dict(progressive_res=8, dynamic=True), "--train.progressive_epochs must be at least 1"),
+    (dict(progressive_res=8, progressive_epochs=2, progressive_lr_scale=1.5, dynamic=True), "must be in \\(0, 1\\], got 1.5"),
+    (dict(progressive_lr_scale=0.5), "--train.progressive_lr_scale needs --train.progressive_res"),
 ])
 def test_progressive_resizing_is_checked_before_training(pattern_folder, tmp_path, overrides, message):
     dynamic = overrides.pop("dynamic", False)

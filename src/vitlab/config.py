@@ -119,6 +119,9 @@ class TrainConfig:
     plans after the first full-size epoch."""
     progressive_epochs: int = 0
     """Epochs before full size is reached (with ``progressive_res``)."""
+    progressive_lr_scale: float = 1.0
+    """Learning-rate multiplier for the epochs at ``progressive_res`` pixels, rising geometrically with the image side
+    to 1 at full size (0.5: half the rate at the start size, 0.71 halfway). Small images at the full rate can stall."""
     batch_size: int = 128
     """Images per optimisation step (over all processes under torchrun)."""
     optimizer: Literal["adamw", "adam", "sgd"] = "adamw"

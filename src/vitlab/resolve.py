@@ -374,7 +374,7 @@ def progressive_rules(cfg: RunConfig) -> list[tuple[bool, str]]:
     and epochs at full size after the ramp."""
     t, m = cfg.train, cfg.model
     if t.progressive_res == 0 and t.progressive_epochs == 0:
-        return []
+        return [(t.progressive_lr_scale == 1.0, "--train.progressive_lr_scale needs --train.progressive_res")]
     side, patch = m.img_size[0], m.patch_size[0]
     return [
         (cfg.arch == "vit" and m.dynamic_img_size, "--train.progressive_res trains on smaller images, which a ViT "
@@ -388,6 +388,7 @@ def progressive_rules(cfg: RunConfig) -> list[tuple[bool, str]]:
                                      "set --finetune.cache_features false"),
         (1 <= t.progressive_epochs < t.epochs, f"--train.progressive_epochs must be at least 1 and below --train.epochs "
                                                f"({t.epochs}), got {t.progressive_epochs}"),
+        (0 < t.progressive_lr_scale <= 1, f"--train.progressive_lr_scale must be in (0, 1], got {t.progressive_lr_scale}"),
     ]
 
 

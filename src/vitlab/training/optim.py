@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -73,7 +74,7 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str, min
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int,
-                    ft: FinetuneConfig | None = None, steps_done: int = 0):
+                    ft: FinetuneConfig | None = None, steps_done: int = 0, epoch_scales: Sequence[float] = ()):
     """A per-step ``LambdaLR``: warm-up over ``warmup_epochs``, then cosine (or linear) down to ``min_lr``.
 
     ``steps_done``: continue a run ``steps_done`` steps in (the optimizer's rates are set for the
@@ -81,17 +82,23 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_pe
 
     A staged fine-tune gives the backbone its own schedule: nothing during the head-only
     epochs, then warm-up and cosine at ``backbone_lr_scale`` times the rate.
+
+    ``epoch_scales[e]`` multiplies every rate during epoch ``e`` (1 after the last), as for progressive resizing.
     """
     total = cfg.epochs * steps_per_epoch
     warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
     min_ratio = cfg.min_lr / cfg.lr if cfg.lr > 0 else 0.0
     whole = functools.partial(lr_factor, total_steps=total, warmup_steps=warmup, schedule=cfg.schedule, min_ratio=min_ratio)
-    if ft is None or ft.mode != "staged":
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, whole, last_epoch=steps_done - 1)
-    start = ft.head_epochs * steps_per_epoch
-    later = functools.partial(_after_start, start=start, scale=ft.backbone_lr_scale, total=total - start, warmup=warmup,
-                              schedule=cfg.schedule, min_ratio=min_ratio)
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, [whole if g["is_head"] else later for g in optimizer.param_groups],
+    factors = [whole]
+    if ft is not None and ft.mode == "staged":
+        start = ft.head_epochs * steps_per_epoch
+        later = functools.partial(_after_start, start=start, scale=ft.backbone_lr_scale, total=total - start, warmup=warmup,
+                                  schedule=cfg.schedule, min_ratio=min_ratio)
+        factors = [whole if g["is_head"] else later for g in optimizer.param_groups]
+    if epoch_scales:
+        factors = [functools.partial(_epoch_scaled, factor=f, steps_per_epoch=steps_per_epoch, scales=tuple(epoch_scales))
+                   for f in factors]
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factors if len(factors) > 1 else factors[0],
                                              last_epoch=steps_done - 1)
 
 
@@ -99,3 +106,8 @@ def _after_start(step: int, start: int, scale: float, total: int, warmup: int, s
     if step < start:
         return 0.0
     return scale * lr_factor(step - start, total, warmup, schedule, min_ratio)
+
+
+def _epoch_scaled(step: int, factor, steps_per_epoch: int, scales: tuple[float, ...]) -> float:
+    epoch = step // steps_per_epoch
+    return factor(step) * (scales[epoch] if epoch < len(scales) else 1.0)

@@ -203,7 +203,7 @@ def start_run(cfg: RunConfig, run_dir: Path, resume: bool, data: ImageData | Non
               data.val, preprocess, eval_preprocess, steps_per_epoch, info, progress)
     if cfg.uses_feature_cache:
         use_cached_features(run)
-    run.scheduler = build_scheduler(optimizer, tc, run.steps_per_epoch, ft)
+    run.scheduler = scheduler_for(run)
     if state is not None:
         restore_state(run, state)
     if ctx.is_main:
@@ -270,8 +270,7 @@ def restore_state(run: Run, state: dict[str, Any]) -> None:
     run.history, run.best_acc, run.start_epoch = state["history"], state["best_val_acc"], state["epoch"]
     saved_epochs = state.get("planned_epochs")
     if saved_epochs is not None and saved_epochs != run.cfg.train.epochs:  # trained longer: the cosine over the new total
-        run.scheduler = build_scheduler(run.optimizer, run.cfg.train, run.steps_per_epoch, run.cfg.finetune,
-                                        steps_done=run.scheduler.last_epoch)
+        run.scheduler = scheduler_for(run, steps_done=run.scheduler.last_epoch)
         if run.ctx.is_main:
             write_run_config(run.run_dir, run.cfg)
     if run.ema is not None:
@@ -439,11 +438,28 @@ def replan_if_drifted(run: Run, record: dict[str, Any]) -> None:
 def set_planned_epochs(run: Run, epochs: int) -> None:
     """The run planned for ``epochs`` in all: configuration (written to config.yaml), schedule from the step reached."""
     run.cfg = with_planned_epochs(run.cfg, epochs)
-    run.scheduler = build_scheduler(run.optimizer, run.cfg.train, run.steps_per_epoch, run.cfg.finetune,
-                                    steps_done=run.scheduler.last_epoch)
+    run.scheduler = scheduler_for(run, steps_done=run.scheduler.last_epoch)
     run.info["run_config"] = run.cfg.to_dict()
     if run.ctx.is_main:
         write_run_config(run.run_dir, run.cfg)
+
+
+def scheduler_for(run: Run, steps_done: int = 0):
+    """The run's learning-rate schedule from step ``steps_done``, progressive resizing's smaller rates included."""
+    tc = run.cfg.train
+    scales = [progressive_lr_scale(tc, run.cfg.model, epoch) for epoch in range(tc.progressive_epochs)]
+    return build_scheduler(run.optimizer, tc, run.steps_per_epoch, run.cfg.finetune, steps_done=steps_done,
+                           epoch_scales=scales)
+
+
+def progressive_lr_scale(tc: TrainConfig, model: ViTConfig, epoch: int) -> float:
+    """The learning-rate multiplier of epoch ``epoch`` under progressive resizing: ``progressive_lr_scale`` at the
+    start size, rising geometrically with the image side to 1 at full size."""
+    side = progressive_size(tc, model, epoch)
+    if side is None:
+        return 1.0
+    full = model.img_size[0]
+    return tc.progressive_lr_scale ** ((full - side) / (full - tc.progressive_res))
 
 
 def progressive_size(tc: TrainConfig, model: ViTConfig, epoch: int) -> int | None:
