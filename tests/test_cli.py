@@ -56,11 +56,11 @@ def test_epochs_under_a_time_budget_get_a_note():
 
     assert note(["--preset", "cifar10_60min"]) is None  # the preset's own budget, no --train.epochs: nothing to say
     assert note(["--preset", "cifar10", "--train.epochs", "3"]) is None  # no budget: the epochs are what runs
-    message = note(["--preset", "cifar10_60min", "--train.epochs", "3"])
+    message = note(["--preset", "cifar10_60min", "--train.epochs", "30"])
     assert "3500 s (from the preset or config file)" in message and "--train.time_budget_s null" in message
-    assert "--train.epochs 3 " in message
+    assert "--train.epochs 30 " in message
     assert "from --train.time_budget_s" in note(["--train.epochs=4", "--train.time_budget_s", "60"])
-    assert note(["--preset", "cifar10_60min", "--train.epochs", "3", "--train.time_budget_s", "null"]) is None
+    assert note(["--preset", "cifar10_60min", "--train.epochs", "30", "--train.time_budget_s", "null"]) is None
 
 
 def test_resume_refuses_new_settings(tmp_path, capsys):

@@ -213,7 +213,6 @@ def test_progressive_resizing_trains_small_first_and_validates_at_full_size(patt
     (dict(progressive_res=8, progressive_epochs=4, dynamic=True), "--train.progressive_epochs must be at least 1 and below"),
     (dict(progressive_res=8, dynamic=True), "--train.progressive_epochs must be at least 1"),
     (dict(progressive_res=8, progressive_epochs=2, progressive_lr_scale=1.5, dynamic=True), "must be in \\(0, 1\\], got 1.5"),
-    (dict(progressive_lr_scale=0.5), "--train.progressive_lr_scale needs --train.progressive_res"),
 ])
 def test_progressive_resizing_is_checked_before_training(pattern_folder, tmp_path, overrides, message):
     dynamic = overrides.pop("dynamic", False)
@@ -222,6 +221,17 @@ def test_progressive_resizing_is_checked_before_training(pattern_folder, tmp_pat
     with pytest.raises(ConfigError, match=message):
         train(cfg, tmp_path / "r", progress=False)
     assert not (tmp_path / "r").exists()
+
+
+def test_a_short_run_of_a_progressive_preset_is_told_how_to_turn_it_off():
+    from vitlab.resolve import resolve_config
+
+    short = {"train.epochs": 3, "train.time_budget_s": None}
+    with pytest.raises(ConfigError, match=r"below --train.epochs \(3\), got 10 \(or turn progressive resizing off: "
+                                          r"--train.progressive_res 0\)"):
+        resolve_config("cifar10_60min", overrides=short)
+    off = resolve_config("cifar10_60min", overrides={**short, "train.progressive_res": 0}).train
+    assert (off.epochs, off.progressive_res, off.progressive_epochs) == (3, 0, 10)  # the ramp's length is then unused
 
 
 def test_training_is_repeatable_on_cpu(pattern_folder, tmp_path):

@@ -115,8 +115,8 @@ class TrainConfig:
     progressive_res: int = 0
     """Progressive resizing (fast.ai's and FFCV's ImageNet recipes): train the first ``progressive_epochs`` epochs on
     images downscaled to this many pixels a side, rising linearly in whole patches to the model's ``img_size``, then
-    at full size (validation always at full size; needs ``--model.dynamic_img_size true``). 0: off. A time budget
-    plans after the first full-size epoch."""
+    at full size (validation always at full size; needs ``--model.dynamic_img_size true``). 0: off (the other
+    ``progressive_*`` settings are then unused). A time budget plans after the first full-size epoch."""
     progressive_epochs: int = 0
     """Epochs before full size is reached (with ``progressive_res``)."""
     progressive_lr_scale: float = 1.0

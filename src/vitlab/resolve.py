@@ -373,8 +373,8 @@ def progressive_rules(cfg: RunConfig) -> list[tuple[bool, str]]:
     """What ``--train.progressive_res`` needs: a square model that takes other sizes, a smaller start in whole patches,
     and epochs at full size after the ramp."""
     t, m = cfg.train, cfg.model
-    if t.progressive_res == 0 and t.progressive_epochs == 0:
-        return [(t.progressive_lr_scale == 1.0, "--train.progressive_lr_scale needs --train.progressive_res")]
+    if t.progressive_res == 0:  # off: its other settings are not used
+        return []
     side, patch = m.img_size[0], m.patch_size[0]
     return [
         (cfg.arch == "vit" and m.dynamic_img_size, "--train.progressive_res trains on smaller images, which a ViT "
@@ -387,7 +387,8 @@ def progressive_rules(cfg: RunConfig) -> list[tuple[bool, str]]:
         (not cfg.uses_feature_cache, "--train.progressive_res cannot train on cached features; "
                                      "set --finetune.cache_features false"),
         (1 <= t.progressive_epochs < t.epochs, f"--train.progressive_epochs must be at least 1 and below --train.epochs "
-                                               f"({t.epochs}), got {t.progressive_epochs}"),
+                                               f"({t.epochs}), got {t.progressive_epochs} (or turn progressive resizing "
+                                               "off: --train.progressive_res 0)"),
         (0 < t.progressive_lr_scale <= 1, f"--train.progressive_lr_scale must be in (0, 1], got {t.progressive_lr_scale}"),
     ]
 
