@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -108,6 +108,6 @@ def _after_start(step: int, start: int, scale: float, total: int, warmup: int, s
     return scale * lr_factor(step - start, total, warmup, schedule, min_ratio)
 
 
-def _epoch_scaled(step: int, factor, steps_per_epoch: int, scales: tuple[float, ...]) -> float:
+def _epoch_scaled(step: int, factor: Callable[[int], float], steps_per_epoch: int, scales: tuple[float, ...]) -> float:
     epoch = step // steps_per_epoch
     return factor(step) * (scales[epoch] if epoch < len(scales) else 1.0)
