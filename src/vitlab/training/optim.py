@@ -95,7 +95,7 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_pe
         later = functools.partial(_after_start, start=start, scale=ft.backbone_lr_scale, total=total - start, warmup=warmup,
                                   schedule=cfg.schedule, min_ratio=min_ratio)
         factors = [whole if g["is_head"] else later for g in optimizer.param_groups]
-    if epoch_scales:
+    if any(scale != 1.0 for scale in epoch_scales):  # scales of 1 change nothing: no wrapper
         factors = [functools.partial(_epoch_scaled, factor=f, steps_per_epoch=steps_per_epoch, scales=tuple(epoch_scales))
                    for f in factors]
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factors if len(factors) > 1 else factors[0],

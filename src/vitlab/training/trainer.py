@@ -447,7 +447,7 @@ def set_planned_epochs(run: Run, epochs: int) -> None:
 def scheduler_for(run: Run, steps_done: int = 0):
     """The run's learning-rate schedule from step ``steps_done``, progressive resizing's smaller rates included."""
     tc = run.cfg.train
-    scales = [progressive_lr_scale(tc, run.cfg.model, epoch) for epoch in range(tc.progressive_epochs if tc.progressive_res else 0)]
+    scales = [progressive_lr_scale(tc, run.cfg.model, epoch) for epoch in range(tc.progressive_epochs)]
     return build_scheduler(run.optimizer, tc, run.steps_per_epoch, run.cfg.finetune, steps_done=steps_done,
                            epoch_scales=scales)
 
