@@ -48,10 +48,8 @@ RUN_PRESETS: dict[str, RunConfig] = {
     # drop path (a short run underfits). Progressive resizing: epochs 1-5 on 24-pixel images at 0.375x the rate
     # (1.5e-3), 6-10 on 28 at 0.63x (0.6-0.8x the time of a 32-pixel epoch, as much learned per epoch), then 32 pixels
     # at lr 4e-3; validation after every second epoch and the last (~13 s each), which buys two more epochs in the hour.
-    # AMD EPYC with AVX512-BF16: 90.30% in 22 epochs (3372 s; by name on a slower hour 90.10%, 3380 s); validated every
-    # epoch 89.90% in 20; lr 3e-3 (half the rate at 24 pixels) 89.80%; a 20-pixel start 89.53%; all epochs at 32 pixels
-    # 89.03% in 17 (lr 2e-3: 88.73%).
-    # Before 2026-12-05: 82.49%.
+    # AMD EPYC with AVX512-BF16: 90.30% in 22 epochs (3372 s; by name 90.10%); the levers tried on the way, in
+    # docs/results.md.
     "cifar10_60min": RunConfig(
         model=replace(MODEL_PRESETS["vit_cifar_stem"], embed_dim=256, depth=2, drop_path_rate=0.0, stem_full_res_convs=1,
                       stem_stage_convs=2, attn_impl="explicit", dynamic_img_size=True),
